@@ -1,0 +1,130 @@
+"""The decoupled cross-attention: out = Attn(Q, K, V) + weight * Attn(Q, K', V').
+
+``IPAttentionPatch`` follows the host's attn2-replace protocol (``__call__(q, k, v, extra_options)``, ``to``,
+``models``) but is plain torch: the attention function is injected. Everything it needs (K'/V' of the image tokens,
+weight, sigma range) is resolved before sampling; the call only selects rows, attends and adds.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .adapter import IPAdapterModel
+from .image_prompt import ImagePrompt
+
+
+def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):
+    """Default attention, with the host's signature: (B, L, h*d) in and out."""
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, L, d)
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One adapter's contribution to one layer. Tensors are (1, N, inner) with N = images x tokens."""
+    k_cond: torch.Tensor
+    v_cond: torch.Tensor
+    k_uncond: torch.Tensor
+    v_uncond: torch.Tensor
+    weight: float
+    sigma_range: tuple[float, float] | None = None  # (sigma at start, sigma at end); None: every step
+
+    def to(self, device=None, dtype=None) -> "Branch":
+        moved = (t.to(device=device, dtype=dtype) for t in (self.k_cond, self.v_cond, self.k_uncond, self.v_uncond))
+        return Branch(*moved, weight=self.weight, sigma_range=self.sigma_range)
+
+
+@torch.no_grad()
+def build_branches(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float,
+                   sigma_range: tuple[float, float] | None = None) -> dict[int, Branch]:
+    """Project the prompt's images to tokens once and compute every layer's K'/V' for cond and uncond rows.
+
+    Several reference images: their tokens are concatenated (one longer image prompt)."""
+    prompt.check_fits(adapter.spec)
+    param = next(adapter.parameters())
+    cond, uncond = prompt.features(adapter.spec.feature)
+    features = torch.cat([cond, uncond]).to(device=param.device, dtype=torch.float32)  # (2n, ...)
+    tokens = adapter.image_tokens(features)  # (2n, N, C)
+    tokens = rearrange(tokens, "(u i) n c -> u 1 (i n) c", u=2)  # (2, 1, n*N, C): cond, uncond
+    kv_cond = adapter.layer_keys_values(tokens[0])
+    kv_uncond = adapter.layer_keys_values(tokens[1])
+    return {n: Branch(*kv_cond[n], *kv_uncond[n], weight=weight, sigma_range=sigma_range) for n in kv_cond}
+
+
+def _rows(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond, batch: int) -> torch.Tensor:
+    """(1, N, D) cond/uncond tensors -> (B, N, D), one chunk of rows per entry of cond_or_uncond (1 = uncond)."""
+    chunks = list(cond_or_uncond) or [0]
+    per, rest = divmod(batch, len(chunks))
+    if rest:
+        raise ValueError(f"batch of {batch} rows does not split into {len(chunks)} cond/uncond chunks")
+    if all(c == chunks[0] for c in chunks):
+        return (uncond if chunks[0] == 1 else cond).expand(batch, -1, -1)
+    return torch.cat([(uncond if c == 1 else cond).expand(per, -1, -1) for c in chunks])  # (B, N, D)
+
+
+class IPAttentionPatch:
+    """attn2 replacement for one layer: the layer's own attention (or the patch that was there before) plus
+    one decoupled image branch per stacked adapter. Immutable once built: stacking makes a new object, and
+    ``copy.deepcopy`` (the host's ``ModelPatcher.clone``) returns the same object instead of copying tensors."""
+
+    def __init__(self, branches: tuple[Branch, ...], attention: Callable = sdpa_attention, inner=None):
+        self.branches = tuple(branches)
+        self.attention = attention
+        self.inner = inner  # a previous attn2 replacement of another extension, or None
+        self._placed_key = None  # (device, dtype) of the copy below: a cache, not state
+        self._placed: tuple[Branch, ...] = ()
+
+    def stacked(self, branch: Branch) -> "IPAttentionPatch":
+        return IPAttentionPatch(self.branches + (branch,), self.attention, self.inner)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        """Host protocol: pre-place the image keys/values where the model runs. Returns self."""
+        if isinstance(device_or_dtype, torch.dtype):
+            device, dtype = (self._placed_key or (None, None))[0], device_or_dtype
+        else:
+            device, dtype = torch.device(device_or_dtype), (self._placed_key or (None, None))[1]
+        device = device or self.branches[0].k_cond.device
+        self._place(device, dtype or torch.float32)
+        if self.inner is not None and hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device_or_dtype)
+        return self
+
+    def models(self):
+        return self.inner.models() if hasattr(self.inner, "models") else []
+
+    def _place(self, device, dtype) -> tuple[Branch, ...]:
+        self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
+        self._placed_key = (device, dtype)
+        return self._placed
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = self.attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
+        placed = self._placed if self._placed_key == (q.device, q.dtype) else self._place(q.device, q.dtype)
+        cond_or_uncond = extra_options.get("cond_or_uncond", [0])
+        sigmas = extra_options.get("sigmas")
+        for branch in placed:
+            k_ip = _rows(branch.k_cond, branch.k_uncond, cond_or_uncond, q.shape[0])  # (B, N, inner)
+            v_ip = _rows(branch.v_cond, branch.v_uncond, cond_or_uncond, q.shape[0])
+            ip = self.attention(q, k_ip, v_ip, heads, attn_precision=precision, transformer_options=extra_options)
+            out = out + ip * _scale(branch, sigmas, out.dtype)
+        return out
+
+
+def _scale(branch: Branch, sigmas, dtype):
+    """The branch weight, gated by the sigma range on the device (no host sync): 0 outside the range."""
+    if branch.sigma_range is None or sigmas is None:
+        return branch.weight
+    start, end = branch.sigma_range
+    sigma = sigmas[:1]  # (1,): every row of one model call shares the step
+    return ((sigma <= start) & (sigma >= end)).to(dtype) * branch.weight

@@ -1,0 +1,144 @@
+"""What an IP-Adapter weight file is, read from its keys and shapes only (never from its file name)."""
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from .errors import AdapterFileError, UnsupportedAdapterError
+from .layers import FAMILY_NAMES, family_for_layers
+
+# Image encoders IP-Adapters are trained on, by the width of what they feed the projection.
+# pooled: the projected `image_embeds`; hidden: the penultimate hidden states.
+ENCODERS_BY_POOLED_WIDTH = {1024: "OpenCLIP ViT-H/14", 1280: "OpenCLIP ViT-bigG/14", 768: "CLIP ViT-L/14"}
+ENCODERS_BY_HIDDEN_WIDTH = {1280: "OpenCLIP ViT-H/14", 1664: "OpenCLIP ViT-bigG/14", 1024: "CLIP ViT-L/14"}
+
+_LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
+_BASE_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
+_FULL_FACE_KEYS = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "proj.3.weight", "proj.3.bias"}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Everything needed to build the modules of an adapter file and check what it can be used with.
+
+    kind: "base" (Linear + LayerNorm; also light and vit-G), "plus" (Perceiver resampler; also plus-face) or
+    "full_face" (MLP over every encoder token). feature: which encoder output the projection reads, "pooled" or
+    "hidden". tokens: image tokens per reference image. encoder_width: width of that feature.
+    """
+    kind: str
+    feature: str
+    tokens: int | None  # None: one token per encoder token (full_face)
+    encoder_width: int
+    cross_attention_dim: int
+    family: str
+    layers: tuple[tuple[int, int], ...]  # (N, inner width of that layer's to_k_ip)
+    resampler_dim: int = 0  # plus only
+    resampler_depth: int = 0
+    resampler_heads: int = 0
+    resampler_ff_mult: int = 0
+
+    @property
+    def encoder(self) -> str:
+        names = ENCODERS_BY_POOLED_WIDTH if self.feature == "pooled" else ENCODERS_BY_HIDDEN_WIDTH
+        return names.get(self.encoder_width, f"a CLIP vision model with {self.feature} width {self.encoder_width}")
+
+    @property
+    def family_name(self) -> str:
+        return FAMILY_NAMES[self.family]
+
+    @property
+    def describe(self) -> str:
+        return f"{self.family_name} {self.kind.replace('_', '-')} IP-Adapter (needs {self.encoder})"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdapterSpec":
+        data = json.loads(text)
+        data["layers"] = tuple(tuple(pair) for pair in data["layers"])
+        return cls(**data)
+
+
+def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
+    return tuple(sd[key].shape)
+
+
+def _is_faceid(image_proj: Mapping, ip_layers: Mapping) -> bool:
+    has_lora = any("_lora." in key for key in ip_layers)
+    has_face_resampler = any(key.startswith("perceiver_resampler.") for key in image_proj)
+    return has_lora or has_face_resampler or ({"proj.0.weight", "norm.weight"} <= set(image_proj)
+                                              and "proj.3.weight" not in image_proj)
+
+
+def _projection_spec(image_proj: Mapping) -> dict:
+    """kind, feature, tokens, widths (and resampler sizes) from the image_proj keys and shapes."""
+    keys = set(image_proj)
+    if keys == _BASE_KEYS:
+        cross_dim = _shape(image_proj, "norm.weight")[0]
+        rows, embed = _shape(image_proj, "proj.weight")
+        return dict(kind="base", feature="pooled", tokens=rows // cross_dim, encoder_width=embed,
+                    cross_attention_dim=cross_dim)
+    if keys == _FULL_FACE_KEYS:
+        return dict(kind="full_face", feature="hidden", tokens=None,
+                    encoder_width=_shape(image_proj, "proj.0.weight")[1],
+                    cross_attention_dim=_shape(image_proj, "proj.3.weight")[0])
+    if "latents" in keys and "proj_in.weight" in keys:
+        _, tokens, dim = _shape(image_proj, "latents")
+        depth = len({key.split(".")[1] for key in keys if key.startswith("layers.")})
+        inner = _shape(image_proj, "layers.0.0.to_q.weight")[0]
+        return dict(kind="plus", feature="hidden", tokens=tokens,
+                    encoder_width=_shape(image_proj, "proj_in.weight")[1],
+                    cross_attention_dim=_shape(image_proj, "proj_out.weight")[0],
+                    resampler_dim=dim, resampler_depth=depth, resampler_heads=inner // 64,
+                    resampler_ff_mult=_shape(image_proj, "layers.0.1.1.weight")[0] // dim)
+    raise AdapterFileError(
+        f"not an IP-Adapter projection: image_proj keys {sorted(keys)[:6]} match none of base "
+        "(proj, norm), plus (latents, proj_in, layers...) or full-face (proj.0/2/3). Use an official "
+        "h94/IP-Adapter file or one written by this extension's trainer.")
+
+
+def _layer_widths(ip_layers: Mapping, cross_dim: int) -> tuple[tuple[int, int], ...]:
+    """(N, inner width) for every layer; both to_k_ip and to_v_ip present, shaped [inner, cross_dim]."""
+    found: dict[int, dict[str, tuple]] = {}
+    for key in ip_layers:
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            raise AdapterFileError(f"unexpected key 'ip_adapter.{key}': an IP-Adapter file has only "
+                                   "'N.to_k_ip.weight' and 'N.to_v_ip.weight' there")
+        found.setdefault(int(match[1]), {})[match[2]] = _shape(ip_layers, key)
+    layers = []
+    for n in sorted(found):
+        shapes = found[n]
+        if set(shapes) != {"k", "v"}:
+            raise AdapterFileError(f"layer {n} has only to_{''.join(shapes)}_ip: the file is incomplete; "
+                                   "download it again")
+        if shapes["k"] != shapes["v"] or len(shapes["k"]) != 2 or shapes["k"][1] != cross_dim:
+            raise AdapterFileError(
+                f"layer {n}: to_k_ip {shapes['k']} / to_v_ip {shapes['v']} do not fit the projection's "
+                f"cross-attention width {cross_dim}: the file is damaged or mixes two adapters")
+        layers.append((n, shapes["k"][0]))
+    return tuple(layers)
+
+
+def detect_spec(state_dict: Mapping) -> AdapterSpec:
+    """Read an adapter's spec from ``{"image_proj": {...}, "ip_adapter": {...}}`` (tensors or anything with
+    ``.shape``, meta tensors included). Raises AdapterFileError / UnsupportedAdapterError with the fix."""
+    if not isinstance(state_dict, Mapping) or not {"image_proj", "ip_adapter"} <= set(state_dict):
+        raise AdapterFileError("not an IP-Adapter: expected the two parts 'image_proj' and 'ip_adapter' "
+                               "(official h94/IP-Adapter layout)")
+    image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
+    if _is_faceid(image_proj, ip_layers):
+        raise UnsupportedAdapterError(
+            "this is an IP-Adapter FaceID file: it needs an insightface face embedding, not a CLIP image "
+            "embedding, and is not supported yet. Use ip-adapter-plus-face or full-face for faces.")
+    proj = _projection_spec(image_proj)
+    layers = _layer_widths(ip_layers, proj["cross_attention_dim"])
+    family = family_for_layers(n for n, _ in layers)
+    if family is None:
+        numbers = [n for n, _ in layers]
+        raise AdapterFileError(
+            f"the file has {len(layers)} cross-attention layers ({numbers[:4]}...); an SD1.5 adapter has 16 "
+            "(1, 3, ..., 31) and an SDXL adapter 70 (1, 3, ..., 139): the file is incomplete or for another "
+            "model")
+    return AdapterSpec(family=family, layers=layers, **proj)

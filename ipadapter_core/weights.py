@@ -1,0 +1,104 @@
+"""Reading and writing IP-Adapter weight files in the official layout.
+
+``.bin``/``.pt``/``.pth``: ``torch.save({"image_proj": {...}, "ip_adapter": {...}})``, read with
+``weights_only=True`` (no pickled code runs). ``.safetensors``: the same tensors with the prefixes ``image_proj.`` and
+``ip_adapter.``; files this extension writes also carry the spec as JSON under the metadata key ``ipadapter_spec``.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .errors import AdapterFileError
+from .spec import AdapterSpec, detect_spec
+
+PARTS = ("image_proj", "ip_adapter")
+SPEC_METADATA_KEY = "ipadapter_spec"
+
+
+def nest(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_proj.x": t, "ip_adapter.1.y": t}`` -> ``{"image_proj": {"x": t}, "ip_adapter": {"1.y": t}}``."""
+    nested: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
+    stray = []
+    for key, value in flat.items():
+        part, _, rest = key.partition(".")
+        if part in nested and rest:
+            nested[part][rest] = value
+        else:
+            stray.append(key)
+    if stray or not all(nested.values()):
+        raise AdapterFileError(
+            f"not an IP-Adapter file: expected only keys under 'image_proj.' and 'ip_adapter.', found "
+            f"{sorted(stray)[:5] or sorted(k for k, v in nested.items() if not v)}. Is this a checkpoint, LoRA "
+            "or CLIP vision file? IP-Adapter files come from h94/IP-Adapter or this extension's trainer.")
+    return nested
+
+
+def flatten(nested: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{part}.{key}": value for part in PARTS for key, value in nested[part].items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"cannot read '{path.name}' ({exc}): the file is truncated or corrupt; "
+                               "download it again") from exc
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+        raise AdapterFileError(
+            f"cannot read '{path.name}' as a weights-only torch file ({type(exc).__name__}: {str(exc)[:200]}): "
+            "it is truncated, corrupt or holds code instead of tensors; download it again, preferably as "
+            ".safetensors") from exc
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"'{path.name}' holds a {type(data).__name__}, not a dict of tensors: "
+                               "not an IP-Adapter file")
+    return data
+
+
+def read_adapter_file(path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read a weight file into the nested official layout. Raises AdapterFileError with the fix."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return nest(_read_safetensors(path))
+    data = _read_pickle(path)
+    if set(PARTS) <= set(data) and all(isinstance(data[p], dict) for p in PARTS):
+        return {part: dict(data[part]) for part in PARTS}
+    return nest(data)
+
+
+def load_adapter_file(path) -> tuple[dict[str, dict[str, torch.Tensor]], AdapterSpec]:
+    """Read and check a file: the state dict and its spec, or an error that names the problem and the fix."""
+    state_dict = read_adapter_file(path)
+    try:
+        return state_dict, detect_spec(state_dict)
+    except AdapterFileError as exc:
+        raise type(exc)(f"'{Path(path).name}': {exc}") from exc
+
+
+def save_adapter_file(path, nested: dict[str, dict[str, torch.Tensor]]) -> AdapterSpec:
+    """Write the official layout atomically (temp file + rename), with the spec in the metadata.
+
+    ``.safetensors`` is recommended; ``.bin`` writes the reference's torch.save layout."""
+    path = Path(path)
+    spec = detect_spec(nested)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in flatten(nested).items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            safetensors.torch.save_file(tensors, tmp, metadata={SPEC_METADATA_KEY: spec.to_json()})
+        else:
+            torch.save(nest(tensors), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return spec

@@ -1,0 +1,56 @@
+"""Shared test setup: where the ComfyUI host is, and how tests import it.
+
+The host is looked for in ``$COMFYUI_PATH``, then ``$HOME/ComfyUI``, then ``../..`` when this repository sits in
+``ComfyUI/custom_nodes/``. Tests that need it use the ``host`` fixture (or the ``needs_host`` mark); where no host
+is found they are reported as skipped with that reason, never passed.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_comfyui():
+    """Return the ComfyUI root folder, or None."""
+    candidates = []
+    if os.environ.get("COMFYUI_PATH"):
+        candidates.append(Path(os.environ["COMFYUI_PATH"]))
+    candidates.append(Path.home() / "ComfyUI")
+    if REPO.parent.name == "custom_nodes":
+        candidates.append(REPO.parent.parent)
+    for path in candidates:
+        if (path / "comfy" / "model_patcher.py").is_file():
+            return path.resolve()
+    return None
+
+
+HOST = find_comfyui()
+NO_HOST_REASON = ("ComfyUI host not found (looked in $COMFYUI_PATH, $HOME/ComfyUI and ../.. from custom_nodes): "
+                  "host tests skipped; see README.md, 'Tests'")
+needs_host = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+
+if str(REPO) not in sys.path:
+    # Appended, not prepended: the host's top-level `nodes` module must win over our `nodes/` package.
+    sys.path.append(str(REPO))
+
+
+def import_host():
+    """Put the host first on sys.path and import its core modules (CPU, no argv parsing)."""
+    if HOST is None:
+        pytest.skip(NO_HOST_REASON)
+    if str(HOST) not in sys.path:
+        sys.path.insert(0, str(HOST))
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+    return HOST
+
+
+@pytest.fixture(scope="session")
+def host():
+    return import_host()
