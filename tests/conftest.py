@@ -54,3 +54,22 @@ def import_host():
 @pytest.fixture(scope="session")
 def host():
     return import_host()
+
+
+def import_extension():
+    """Import this repository as the host imports a custom node package (relative imports and all)."""
+    import importlib.util
+    import_host()
+    name = "ipadapter_suite_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def ext(host):
+    return import_extension()
