@@ -73,3 +73,20 @@ def import_extension():
 @pytest.fixture(scope="session")
 def ext(host):
     return import_extension()
+
+
+@pytest.fixture(scope="session")
+def model_files(host, tmp_path_factory):
+    """Random-weight model files in the real layouts, written once per session and removed after it:
+    ``sd15`` (a single-file SD1.5 checkpoint, 2.1 GB fp16) and ``vit_h`` (an OpenCLIP ViT-H/14 CLIP vision file)."""
+    import shutil
+
+    import host_models
+    root = tmp_path_factory.mktemp("model_files")
+    files = {"sd15": root / "sd15-random.safetensors", "vit_h": root / "vit-h-random.safetensors"}
+    try:
+        host_models.make_sd15_checkpoint(str(files["sd15"]), seed=0)
+        host_models.make_clip_vision_vit_h(str(files["vit_h"]), seed=0)
+        yield files
+    finally:  # pytest keeps its last tmp folders: do not leave 3.4 GB behind
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""Random-weight model files in the exact layouts the ComfyUI host loads, for tests (no downloads).
+
+Every key and shape is read off the host's own module classes, built on the ``meta`` device (so nothing is
+allocated), and the values are drawn in fp16, one tensor at a time, straight into a ``.safetensors`` file:
+
+* :func:`make_sd15_checkpoint`: a single-file SD1.5 checkpoint (UNet + CLIP-L text encoder + VAE, original
+  LDM key names: ``model.diffusion_model.*``, ``cond_stage_model.transformer.text_model.*``, ``first_stage_model.*``).
+* :func:`make_clip_vision_vit_h` / :func:`make_clip_vision_vit_bigg`: CLIP vision encoders in the transformers
+  layout (``vision_model.*``, ``visual_projection.weight``) that ``comfy.clip_vision.load`` detects as
+  OpenCLIP ViT-H/14 and ViT-bigG/14.
+
+Init: Linear/Conv weights ~ U(-a, a) with variance 1/fan_in, embeddings (and other weights of rank < 2) with
+std 0.02, norm weights 1, biases 0. That keeps the full-depth networks' activations O(1), so a sampling step, a
+VAE decode, a text encode and an image encode give finite numbers.
+
+The caller must have run ``conftest.import_host()`` first (host on ``sys.path``, CPU forced); the host modules
+are imported lazily, inside the functions.
+"""
+import json
+import math
+import os
+import queue
+import struct
+import threading
+
+import torch
+
+# The UNet config the host's model detection derives from a real SD1.5 checkpoint, plus SD15.unet_extra_config.
+SD15_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "num_heads": 8, "num_head_channels": -1,
+}
+
+# The host's default SD1.x VAE (comfy/sd.py, VAE.__init__), with quant_conv/post_quant_conv (AutoencoderKL).
+SD15_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                     "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+SD15_VAE_EMBED_DIM = 4
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+VAE_PREFIX = "first_stage_model."
+
+_EMBED_STD = 0.02
+_SQRT3 = math.sqrt(3.0)
+
+# init kinds
+_ZEROS, _ONES, _UNIFORM = "zeros", "ones", "uniform"
+
+
+def _comfy_dir():
+    import comfy.clip_vision
+    return os.path.dirname(os.path.realpath(comfy.clip_vision.__file__))
+
+
+def _specs_of(module, prefix="", skip=()):
+    """[(key, shape, kind, bound)] for every state-dict entry of a (meta) module, init chosen by owner module."""
+    specs = []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if name in skip:
+            continue
+        if not tensor.dtype.is_floating_point:
+            raise ValueError("host_models: unexpected non-float state entry {} ({})".format(name, tensor.dtype))
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        shape = tuple(tensor.shape)
+        if isinstance(owner, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            kind, bound = (_ONES if attr == "weight" else _ZEROS), 0.0
+        elif attr == "bias":
+            kind, bound = _ZEROS, 0.0
+        elif isinstance(owner, torch.nn.Embedding) or len(shape) < 2:
+            kind, bound = _UNIFORM, _EMBED_STD * _SQRT3
+        else:
+            fan_in = math.prod(shape[1:])
+            kind, bound = _UNIFORM, _SQRT3 / math.sqrt(fan_in)
+        specs.append((prefix + name, shape, kind, bound))
+    return specs
+
+
+def _on_meta(build):
+    with torch.device("meta"):
+        return build()
+
+
+def sd15_specs():
+    """[(key, shape, kind, bound)] of the SD1.5 checkpoint, keys as in a real single-file SD1.5 checkpoint."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.clip_model import CLIPTextModel
+
+    ops = comfy.ops.disable_weight_init
+    unet = _on_meta(lambda: UNetModel(**SD15_UNET_CONFIG, dtype=torch.float16, device="meta", operations=ops))
+    with open(os.path.join(_comfy_dir(), "sd1_clip_config.json")) as f:
+        clip_config = json.load(f)
+    clip = _on_meta(lambda: CLIPTextModel(clip_config, torch.float16, "meta", ops))
+    vae = _on_meta(lambda: AutoencoderKL(ddconfig=dict(SD15_VAE_DDCONFIG), embed_dim=SD15_VAE_EMBED_DIM))
+    # A real SD1.5 checkpoint has no text projection (the host expects it, and logit_scale, to be missing).
+    return (_specs_of(unet, UNET_PREFIX)
+            + _specs_of(clip, CLIP_PREFIX, skip=("text_projection.weight",))
+            + _specs_of(vae, VAE_PREFIX))
+
+
+CLIP_VISION_CONFIGS = {"h": "clip_vision_config_h.json", "g": "clip_vision_config_g.json"}
+
+
+def clip_vision_config(variant):
+    """The host's own JSON config for a CLIP vision variant: 'h' (ViT-H/14) or 'g' (ViT-bigG/14)."""
+    with open(os.path.join(_comfy_dir(), CLIP_VISION_CONFIGS[variant])) as f:
+        return json.load(f)
+
+
+def clip_vision_specs(variant):
+    """[(key, shape, kind, bound)] of a CLIP vision file ('h' or 'g'), transformers-style key names."""
+    import comfy.ops
+    from comfy.clip_model import CLIPVisionModelProjection
+
+    config = clip_vision_config(variant)
+    model = _on_meta(lambda: CLIPVisionModelProjection(config, torch.float16, "meta", comfy.ops.disable_weight_init))
+    return _specs_of(model)
+
+
+def shapes(specs):
+    """{key: shape} of a spec list."""
+    return {key: shape for key, shape, _, _ in specs}
+
+
+def _fill(shape, kind, bound, generator):
+    if kind == _ZEROS:
+        return torch.zeros(shape, dtype=torch.float16)
+    if kind == _ONES:
+        return torch.ones(shape, dtype=torch.float16)
+    return torch.empty(shape, dtype=torch.float16).uniform_(-bound, bound, generator=generator)
+
+
+def write_random_safetensors(path, specs, seed=0, metadata=None):
+    """Stream a fp16 ``.safetensors`` file for ``specs``, one tensor in memory at a time (deterministic in seed)."""
+    specs = sorted(specs, key=lambda s: s[0])
+    header = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for key, shape, _, _ in specs:
+        nbytes = 2 * math.prod(shape)
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    generator = torch.Generator().manual_seed(seed)
+    tmp = path + ".partial"
+    # Drawing the values and writing them overlap: a writer thread takes the tensors from a short queue.
+    chunks = queue.Queue(maxsize=8)
+    failure = []
+
+    def writer(f):
+        while True:
+            tensor = chunks.get()
+            if tensor is None:
+                return
+            if not failure:
+                try:
+                    f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+                except BaseException as e:  # reported by the main thread
+                    failure.append(e)
+
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header_bytes)))
+            f.write(header_bytes)
+            thread = threading.Thread(target=writer, args=(f,), daemon=True)
+            thread.start()
+            try:
+                for key, shape, kind, bound in specs:
+                    if failure:
+                        break
+                    chunks.put(_fill(shape, kind, bound, generator))
+            finally:
+                chunks.put(None)
+                thread.join()
+            if failure:
+                raise failure[0]
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def make_sd15_checkpoint(path: str, seed: int = 0) -> None:
+    """Write a random-weight, full-size SD1.5 single-file checkpoint (fp16, ~2.1 GB) to ``path``."""
+    write_random_safetensors(path, sd15_specs(), seed)
+
+
+def make_clip_vision_vit_h(path: str, seed: int = 0) -> None:
+    """Write a random-weight OpenCLIP ViT-H/14 vision encoder (transformers layout, fp16, ~1.3 GB) to ``path``."""
+    write_random_safetensors(path, clip_vision_specs("h"), seed)
+
+
+def make_clip_vision_vit_bigg(path: str, seed: int = 0) -> None:
+    """Write a random-weight OpenCLIP ViT-bigG/14 vision encoder (transformers layout, fp16, ~3.7 GB) to ``path``."""
+    write_random_safetensors(path, clip_vision_specs("g"), seed)

@@ -1,0 +1,153 @@
+"""The real host, end to end: ComfyUI's server on 127.0.0.1 loads this extension from custom_nodes and runs
+CheckpointLoaderSimple -> LoadIPAdapter / EncodeImagePrompt / ApplyIPAdapter -> KSampler -> VAEDecode -> SaveImage
+with model files the test writes (random weights, real SD1.5 / ViT-H layouts)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from conftest import HOST, NO_HOST_REASON, REPO
+from official_formats import OFFICIAL, ip_layers
+
+pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_official(path, stem, seed):
+    make_proj, widths, cross_dim, *_ = OFFICIAL[stem]
+    g = torch.Generator().manual_seed(seed)
+    nested = {"image_proj": make_proj(), "ip_adapter": ip_layers(widths, cross_dim)}
+    flat = {f"{part}.{k}": (torch.randn(v.shape, generator=g) * 0.02).half()
+            for part in nested for k, v in nested[part].items()}
+    for k in flat:
+        if k.endswith(("norm.weight", "norm_out.weight", "proj.3.weight", "norm1.weight", "norm2.weight",
+                       "1.0.weight")):
+            flat[k] = torch.ones_like(flat[k])
+    safetensors.torch.save_file(flat, str(path))
+
+
+def _request(port, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(model_files, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    models = base / "models"
+    for sub in ("checkpoints", "clip_vision", "ipadapter"):
+        (models / sub).mkdir(parents=True)
+    os.symlink(model_files["sd15"], models / "checkpoints" / "sd15-random.safetensors")
+    os.symlink(model_files["vit_h"], models / "clip_vision" / "vit-h-random.safetensors")
+    for stem in ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sd15_vit-G"):
+        _write_official(models / "ipadapter" / f"{stem}.safetensors", stem, seed=len(stem))
+    (base / "custom_nodes").mkdir()
+    os.symlink(REPO, base / "custom_nodes" / "ipadapter_suite")
+    (base / "input").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(base / "input" / "ref.png")
+
+    port = _free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(HOST / "main.py"), "--cpu", "--listen", "127.0.0.1",
+                             "--port", str(port), "--base-directory", str(base)],
+                            cwd=str(HOST), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                _request(port, "/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
+                time.sleep(1)
+        yield {"port": port, "base": base, "log": base / "server.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _graph(ipadapter_name, weight=1.0):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15-random.safetensors"}},
+        "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit-h-random.safetensors"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "ref.png"}},
+        "4": {"class_type": "LoadIPAdapter", "inputs": {"ipadapter_name": ipadapter_name}},
+        "5": {"class_type": "EncodeImagePrompt", "inputs": {"clip_vision": ["2", 0], "image": ["3", 0]}},
+        "6": {"class_type": "ApplyIPAdapter", "inputs": {"model": ["1", 0], "ipadapter": ["4", 0],
+                                                         "image_prompt": ["5", 0], "weight": weight,
+                                                         "start_at": 0.0, "end_at": 1.0}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "9": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "10": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "seed": 1, "steps": 2, "cfg": 7.5,
+                                                    "sampler_name": "euler", "scheduler": "normal",
+                                                    "positive": ["7", 0], "negative": ["8", 0],
+                                                    "latent_image": ["9", 0], "denoise": 1.0}},
+        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "ipadapter_e2e"}},
+    }
+
+
+def _run(port, graph, timeout=600):
+    prompt_id = _request(port, "/prompt", {"prompt": graph})["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = _request(port, f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(1)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def test_nodes_register_without_import_errors(server):
+    info = _request(server["port"], "/object_info")
+    for node in ("LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter"):
+        assert node in info, f"{node} not registered"
+    assert info["ApplyIPAdapter"]["output"] == ["MODEL"]
+    assert info["ApplyIPAdapter"]["input"]["required"]["image_prompt"][0] == "IMAGE_PROMPT"
+    assert "ip-adapter_sd15.safetensors" in info["LoadIPAdapter"]["input"]["required"]["ipadapter_name"][0]
+    log = server["log"].read_text()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("adapter", ["ip-adapter_sd15.safetensors", "ip-adapter-plus_sd15.safetensors"])
+def test_graph_writes_an_image(server, adapter):
+    result = _run(server["port"], _graph(adapter))
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000]
+    images = result["outputs"]["12"]["images"]
+    path = server["base"] / "output" / images[0].get("subfolder", "") / images[0]["filename"]
+    with Image.open(path) as img:
+        assert img.size == (64, 64)
+        assert np.asarray(img).std() > 0  # a real decode, not a blank
+
+
+def test_wrong_encoder_fails_before_sampling_with_the_fix(server):
+    result = _run(server["port"], _graph("ip-adapter_sd15_vit-G.safetensors"))
+    assert result["status"]["status_str"] == "error"
+    messages = json.dumps(result["status"]["messages"])
+    assert "ViT-bigG/14" in messages and "Load CLIP Vision" in messages
+    assert "ApplyIPAdapter" in messages  # raised by our node, before KSampler ran
