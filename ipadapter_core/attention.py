@@ -85,13 +85,14 @@ class IPAttentionPatch:
 
     def to(self, device_or_dtype):
         """Host protocol: pre-place the image keys/values where the model runs. Returns self."""
-        if isinstance(device_or_dtype, torch.dtype):
-            device, dtype = (self._placed_key or (None, None))[0], device_or_dtype
-        else:
-            device, dtype = torch.device(device_or_dtype), (self._placed_key or (None, None))[1]
-        device = device or self.branches[0].k_cond.device
-        self._place(device, dtype or torch.float32)
-        if self.inner is not None and hasattr(self.inner, "to"):
+        if self.branches:
+            device, dtype = self._placed_key or (self.branches[0].k_cond.device, torch.float32)
+            if isinstance(device_or_dtype, torch.dtype):
+                dtype = device_or_dtype
+            else:
+                device = torch.device(device_or_dtype)
+            self._place(device, dtype)
+        if hasattr(self.inner, "to"):
             self.inner = self.inner.to(device_or_dtype)
         return self
 
