@@ -2,10 +2,11 @@
 import pickle
 
 import pytest
+import safetensors
 import safetensors.torch
 import torch
 
-from ipadapter_core import (AdapterFileError, EncoderMismatchError, ImagePrompt, IPAdapterModel,
+from ipadapter_core import (AdapterFileError, AdapterSpec, EncoderMismatchError, ImagePrompt, IPAdapterModel,
                             UnsupportedAdapterError, detect_spec, load_adapter_file, save_adapter_file)
 from official_formats import OFFICIAL, SD15_WIDTHS, base_proj, faceid, ip_layers, official_state_dict
 
@@ -82,6 +83,9 @@ def test_official_safetensors_layout_has_only_prefixed_keys(tmp_path):
     path = tmp_path / "a.safetensors"
     save_adapter_file(path, _real_sd15())
     keys = safetensors.torch.load_file(str(path)).keys()
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        written = AdapterSpec.from_json(f.metadata()["ipadapter_spec"])
+    assert written == detect_spec(_real_sd15())  # the spec travels inside the file
     assert {k.split(".", 1)[0] for k in keys} == {"image_proj", "ip_adapter"}
     assert "ip_adapter.1.to_k_ip.weight" in keys and "image_proj.proj.weight" in keys
 
