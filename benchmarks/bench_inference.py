@@ -59,20 +59,6 @@ def tensor_storages(obj, seen=None, out=None):
     return out
 
 
-def random_adapter(make_proj, widths, path, seed):
-    """A real-size adapter file in the official layout (random values, fp16), as users' files are."""
-    import safetensors.torch
-    from official_formats import ip_layers
-    g = torch.Generator().manual_seed(seed)
-    nested = {"image_proj": make_proj(), "ip_adapter": ip_layers(widths, 768)}
-    flat = {}
-    for part, tensors in nested.items():
-        for key, meta in tensors.items():
-            norm = key.endswith("weight") and len(meta.shape) == 1
-            flat[f"{part}.{key}"] = (torch.ones(meta.shape) if norm else torch.randn(meta.shape, generator=g) * 0.02).half()
-    safetensors.torch.save_file(flat, str(path))
-
-
 def build_conds(model, x, contexts):
     import comfy.sampler_helpers
     import comfy.samplers
@@ -109,7 +95,7 @@ def run():
     import comfy.model_management
     import comfy.sd
     from host_models import make_clip_vision_vit_h, make_sd15_checkpoint
-    from official_formats import SD15_WIDTHS, base_proj, plus_proj
+    from official_formats import write_random_adapter
 
     ext = import_extension()
     glue = ext.nodes.host
@@ -117,8 +103,8 @@ def run():
     try:
         make_sd15_checkpoint(str(tmp / "sd15.safetensors"))
         make_clip_vision_vit_h(str(tmp / "vit-h.safetensors"))
-        random_adapter(lambda: base_proj(1024, 768), SD15_WIDTHS, tmp / "base.safetensors", 1)
-        random_adapter(lambda: plus_proj(768, 768), SD15_WIDTHS, tmp / "plus.safetensors", 2)
+        write_random_adapter(tmp / "base.safetensors", "ip-adapter_sd15", seed=1)
+        write_random_adapter(tmp / "plus.safetensors", "ip-adapter-plus_sd15", seed=2)
         model = comfy.sd.load_checkpoint_guess_config(str(tmp / "sd15.safetensors"), output_vae=False,
                                                       output_clip=False)[0]
         clip_vision = comfy.clip_vision.load(str(tmp / "vit-h.safetensors"))

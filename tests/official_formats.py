@@ -82,3 +82,17 @@ OFFICIAL = {
 def official_state_dict(stem):
     make_proj, widths, cross_dim, *_ = OFFICIAL[stem]
     return {"image_proj": make_proj(), "ip_adapter": ip_layers(widths, cross_dim)}
+
+
+def write_random_adapter(path, stem, seed=0):
+    """Write ``stem``'s official layout at real size as a fp16 ``.safetensors`` file with random values (norm
+    weights 1), as users' files are laid out."""
+    import safetensors.torch
+    g = torch.Generator().manual_seed(seed)
+    flat = {}
+    for part, tensors in official_state_dict(stem).items():
+        for key, meta in tensors.items():
+            norm = key.endswith("weight") and len(meta.shape) == 1
+            value = torch.ones(meta.shape) if norm else torch.randn(meta.shape, generator=g) * 0.02
+            flat[f"{part}.{key}"] = value.half()
+    safetensors.torch.save_file(flat, str(path))

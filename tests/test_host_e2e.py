@@ -12,12 +12,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-import safetensors.torch
-import torch
 from PIL import Image
 
 from conftest import HOST, NO_HOST_REASON, REPO
-from official_formats import OFFICIAL, ip_layers
+from official_formats import write_random_adapter
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
@@ -26,19 +24,6 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _write_official(path, stem, seed):
-    make_proj, widths, cross_dim, *_ = OFFICIAL[stem]
-    g = torch.Generator().manual_seed(seed)
-    nested = {"image_proj": make_proj(), "ip_adapter": ip_layers(widths, cross_dim)}
-    flat = {f"{part}.{k}": (torch.randn(v.shape, generator=g) * 0.02).half()
-            for part in nested for k, v in nested[part].items()}
-    for k in flat:
-        if k.endswith(("norm.weight", "norm_out.weight", "proj.3.weight", "norm1.weight", "norm2.weight",
-                       "1.0.weight")):
-            flat[k] = torch.ones_like(flat[k])
-    safetensors.torch.save_file(flat, str(path))
 
 
 def _request(port, path, body=None):
@@ -58,7 +43,7 @@ def server(model_files, tmp_path_factory):
     os.symlink(model_files["sd15"], models / "checkpoints" / "sd15-random.safetensors")
     os.symlink(model_files["vit_h"], models / "clip_vision" / "vit-h-random.safetensors")
     for stem in ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sd15_vit-G"):
-        _write_official(models / "ipadapter" / f"{stem}.safetensors", stem, seed=len(stem))
+        write_random_adapter(models / "ipadapter" / f"{stem}.safetensors", stem, seed=len(stem))
     (base / "custom_nodes").mkdir()
     os.symlink(REPO, base / "custom_nodes" / "ipadapter_suite")
     (base / "input").mkdir()
