@@ -24,7 +24,9 @@ def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):
 
 @dataclass(frozen=True)
 class Branch:
-    """One adapter's contribution to one layer. Tensors are (1, N, inner) with N = images x tokens."""
+    """One adapter's contribution to one layer. Tensors are (P, N, inner): P = 1 (every latent row attends to the
+    same N tokens, e.g. several images' tokens concatenated) or P per-row token sets (row i of each cond/uncond
+    chunk reads set i; a chunk with more rows than sets repeats the last set, one with fewer uses the first)."""
     k_cond: torch.Tensor
     v_cond: torch.Tensor
     k_uncond: torch.Tensor
@@ -39,30 +41,50 @@ class Branch:
 
 @torch.no_grad()
 def build_branches(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float,
-                   sigma_range: tuple[float, float] | None = None) -> dict[int, Branch]:
+                   sigma_range: tuple[float, float] | None = None, unfold: bool = False) -> dict[int, Branch]:
     """Project the prompt's images to tokens once and compute every layer's K'/V' for cond and uncond rows.
 
-    Several reference images: their tokens are concatenated (one longer image prompt)."""
+    Several reference images: their tokens are concatenated (one longer image prompt), or with ``unfold`` image i
+    conditions latent row i (animation frames)."""
     prompt.check_fits(adapter.spec)
     param = next(adapter.parameters())
     cond, uncond = prompt.features(adapter.spec.feature)
     features = torch.cat([cond, uncond]).to(device=param.device, dtype=torch.float32)  # (2n, ...)
     tokens = adapter.image_tokens(features)  # (2n, N, C)
-    tokens = rearrange(tokens, "(u i) n c -> u 1 (i n) c", u=2)  # (2, 1, n*N, C): cond, uncond
-    kv_cond = adapter.layer_keys_values(tokens[0])
-    kv_uncond = adapter.layer_keys_values(tokens[1])
+    if unfold:
+        tokens = rearrange(tokens, "(u i) n c -> u i n c", u=2)  # (2, n, N, C): cond, uncond
+    else:
+        tokens = rearrange(tokens, "(u i) n c -> u 1 (i n) c", u=2)  # (2, 1, n*N, C): cond, uncond
+    return branches_from_tokens(adapter, tokens[0], tokens[1], weight, sigma_range)
+
+
+def branches_from_tokens(adapter: IPAdapterModel, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
+                         weight: float, sigma_range: tuple[float, float] | None = None) -> dict[int, Branch]:
+    """Tokens (P, N, C) for cond and uncond rows -> {layer N: Branch}. Differentiable (training uses it)."""
+    kv_cond = adapter.layer_keys_values(cond_tokens)
+    kv_uncond = adapter.layer_keys_values(uncond_tokens)
     return {n: Branch(*kv_cond[n], *kv_uncond[n], weight=weight, sigma_range=sigma_range) for n in kv_cond}
 
 
+def _fit(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """(P, N, D) -> (rows, N, D): broadcast one set, or one set per row (last repeated / extra sets dropped)."""
+    sets = t.shape[0]
+    if sets == 1:
+        return t.expand(rows, -1, -1)
+    if sets >= rows:
+        return t[:rows]
+    return torch.cat([t, t[-1:].expand(rows - sets, -1, -1)])
+
+
 def _rows(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond, batch: int) -> torch.Tensor:
-    """(1, N, D) cond/uncond tensors -> (B, N, D), one chunk of rows per entry of cond_or_uncond (1 = uncond)."""
+    """(P, N, D) cond/uncond tensors -> (B, N, D), one chunk of rows per entry of cond_or_uncond (1 = uncond)."""
     chunks = list(cond_or_uncond) or [0]
     per, rest = divmod(batch, len(chunks))
     if rest:
         raise ValueError(f"batch of {batch} rows does not split into {len(chunks)} cond/uncond chunks")
-    if all(c == chunks[0] for c in chunks):
-        return (uncond if chunks[0] == 1 else cond).expand(batch, -1, -1)
-    return torch.cat([(uncond if c == 1 else cond).expand(per, -1, -1) for c in chunks])  # (B, N, D)
+    if len(chunks) == 1:
+        return _fit(uncond if chunks[0] == 1 else cond, per)
+    return torch.cat([_fit(uncond if c == 1 else cond, per) for c in chunks])  # (B, N, D)
 
 
 class IPAttentionPatch:
