@@ -3,18 +3,23 @@
 Never imports the host (ComfyUI) or training libraries: the glue in ``nodes/`` passes host kernels in.
 """
 from .adapter import IPAdapterModel, IPLayer, build_projection
-from .attention import Branch, IPAttentionPatch, build_branches, branches_from_tokens, sdpa_attention
+from .attention import Branch, IPAttentionPatch, branches_from_tokens, build_branches, sdpa_attention
 from .errors import (AdapterFileError, EncoderMismatchError, IPAdapterError, ModelMismatchError,
                      UnsupportedAdapterError)
-from .image_prompt import ImagePrompt, with_default_uncond
+from .image_ops import FIT_MODES, NOISE_KINDS, noise_image, square_images
+from .image_prompt import COMBINE_METHODS, ImagePrompt, combine_prompts, with_default_uncond
 from .layers import FAMILY_CONTEXT_DIM, FAMILY_NAMES, LAYOUTS, LayerSite, family_for_layers
+from .presets import CURVES, LAYER_PRESETS, curve_values, layer_weights
 from .spec import AdapterSpec, detect_spec
-from .weights import load_adapter_file, read_adapter_file, save_adapter_file
+from .weights import (load_adapter_file, load_image_prompt, read_adapter_file, save_adapter_file,
+                      save_image_prompt)
 
 __all__ = [
-    "AdapterFileError", "AdapterSpec", "Branch", "EncoderMismatchError", "FAMILY_CONTEXT_DIM", "FAMILY_NAMES",
-    "IPAdapterError", "IPAdapterModel", "IPAttentionPatch", "IPLayer", "ImagePrompt", "LAYOUTS", "LayerSite",
-    "ModelMismatchError", "UnsupportedAdapterError", "branches_from_tokens", "build_branches", "build_projection", "detect_spec",
-    "family_for_layers", "load_adapter_file", "read_adapter_file", "save_adapter_file", "sdpa_attention",
-    "with_default_uncond",
+    "AdapterFileError", "AdapterSpec", "Branch", "COMBINE_METHODS", "CURVES", "EncoderMismatchError",
+    "FAMILY_CONTEXT_DIM", "FAMILY_NAMES", "FIT_MODES", "IPAdapterError", "IPAdapterModel", "IPAttentionPatch",
+    "IPLayer", "ImagePrompt", "LAYER_PRESETS", "LAYOUTS", "LayerSite", "ModelMismatchError", "NOISE_KINDS",
+    "UnsupportedAdapterError", "branches_from_tokens", "build_branches", "build_projection", "combine_prompts",
+    "curve_values", "detect_spec", "family_for_layers", "layer_weights", "load_adapter_file", "load_image_prompt",
+    "noise_image", "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention",
+    "square_images", "with_default_uncond",
 ]

@@ -65,6 +65,7 @@ class IPAdapterModel(nn.Module):
         """(n, E) pooled or (n, P, W) hidden features of n images -> (n, N, C) tokens."""
         return self.image_proj(features)
 
-    def layer_keys_values(self, tokens: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Tokens (B, N, C) -> {layer N: (K' (B, N, inner), V' (B, N, inner))}."""
-        return {int(n): (layer.to_k_ip(tokens), layer.to_v_ip(tokens)) for n, layer in self.ip_adapter.items()}
+    def layer_keys_values(self, tokens: torch.Tensor, layers=None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Tokens (B, N, C) -> {layer N: (K' (B, N, inner), V' (B, N, inner))}, every layer or those in ``layers``."""
+        return {int(n): (layer.to_k_ip(tokens), layer.to_v_ip(tokens)) for n, layer in self.ip_adapter.items()
+                if layers is None or int(n) in layers}

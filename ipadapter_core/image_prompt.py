@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EncoderMismatchError
+from .errors import AdapterFileError, EncoderMismatchError
 from .spec import ENCODERS_BY_HIDDEN_WIDTH, AdapterSpec
 
 
@@ -57,3 +57,61 @@ def with_default_uncond(embeds: torch.Tensor, hidden: torch.Tensor, zero_image_h
     n = embeds.shape[0]
     uncond_hidden = zero_image_hidden.to(hidden).expand(n, *hidden.shape[1:])  # (n, P, W), no copy
     return ImagePrompt(embeds, hidden, torch.zeros_like(embeds), uncond_hidden)
+
+
+COMBINE_METHODS = ("concat", "average", "weighted average")
+
+
+def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePrompt:
+    """Several image prompts -> one. Their images are taken in order; then
+
+    - ``concat``: every image stays (their tokens are concatenated, or one per latent row with batch unfold);
+    - ``average``: one image whose features (and negative features) are the mean over the images;
+    - ``weighted average``: sum(w_i * f_i) / sum(w_i), one weight per image.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no image prompts to combine")
+    shapes = {(p.embeds.shape[1:], p.hidden.shape[1:]) for p in prompts}
+    if len(shapes) != 1:
+        raise EncoderMismatchError("image prompts encoded with different CLIP vision models cannot be combined ("
+                                   f"{', '.join(sorted({p.encoder for p in prompts}))}): encode them all with the "
+                                   "encoder the adapter needs")
+    parts = [torch.cat([getattr(p, name) for p in prompts]) for name in _FIELDS]  # each (n, ...)
+    if method == "concat":
+        return ImagePrompt(*parts)
+    count = parts[0].shape[0]
+    if method == "average":
+        w = torch.full((count,), 1.0 / count)
+    elif method == "weighted average":
+        w = _normalised_weights(weights, count)
+    else:
+        raise ValueError(f"unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
+    return ImagePrompt(*(torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts))  # (1, ...)
+
+
+def _normalised_weights(weights, count: int) -> torch.Tensor:
+    w = torch.tensor([float(x) for x in (weights or [])], dtype=torch.float64)
+    if w.shape[0] != count:
+        raise ValueError(f"weighted average needs one weight per reference image: {w.shape[0]} weights for "
+                         f"{count} images")
+    if w.sum() == 0:
+        raise ValueError("the weights of a weighted average sum to 0: give at least one non-zero weight")
+    return (w / w.sum()).float()
+
+
+_FIELDS = ("embeds", "hidden", "uncond_embeds", "uncond_hidden")
+PROMPT_FORMAT = "ipadapter_image_prompt"
+
+
+def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
+    """The tensors of a prompt file (contiguous CPU copies, dtype kept)."""
+    return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in _FIELDS}
+
+
+def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
+    missing = [name for name in _FIELDS if name not in tensors]
+    if missing:
+        raise AdapterFileError(f"{source} is not a saved image prompt (missing {', '.join(missing)}): save one with "
+                         "Save Image Prompt")
+    return ImagePrompt(*(tensors[name] for name in _FIELDS))

@@ -3,6 +3,7 @@
 ``.bin``/``.pt``/``.pth``: ``torch.save({"image_proj": {...}, "ip_adapter": {...}})``, read with
 ``weights_only=True`` (no pickled code runs). ``.safetensors``: the same tensors with the prefixes ``image_proj.`` and
 ``ip_adapter.``; files this extension writes also carry the spec as JSON under the metadata key ``ipadapter_spec``.
+Saved image prompts (IMAGE_PROMPT) are safetensors files too.
 """
 import os
 import tempfile
@@ -13,6 +14,7 @@ import safetensors.torch
 import torch
 
 from .errors import AdapterFileError
+from .image_prompt import PROMPT_FORMAT, ImagePrompt, prompt_from_tensors, prompt_tensors
 from .spec import AdapterSpec, detect_spec
 
 PARTS = ("image_proj", "ip_adapter")
@@ -90,15 +92,39 @@ def save_adapter_file(path, nested: dict[str, dict[str, torch.Tensor]]) -> Adapt
     path = Path(path)
     spec = detect_spec(nested)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in flatten(nested).items()}
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda tmp: safetensors.torch.save_file(
+            tensors, tmp, metadata={SPEC_METADATA_KEY: spec.to_json()}))
+    else:
+        atomic_write(path, lambda tmp: torch.save(nest(tensors), tmp))
+    return spec
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``: readers see the old file
+    or the whole new one, never a part."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if path.suffix == ".safetensors":
-            safetensors.torch.save_file(tensors, tmp, metadata={SPEC_METADATA_KEY: spec.to_json()})
-        else:
-            torch.save(nest(tensors), tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return spec
+
+
+def save_image_prompt(path, prompt: ImagePrompt) -> None:
+    """An IMAGE_PROMPT as safetensors (features exactly as encoded), written atomically."""
+    tensors = prompt_tensors(prompt)
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"format": PROMPT_FORMAT}))
+
+
+def load_image_prompt(path) -> ImagePrompt:
+    path = Path(path)
+    try:
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"cannot read the image prompt '{path.name}' ({exc}): the file is truncated or "
+                               "corrupt; encode and save it again") from exc
+    return prompt_from_tensors(tensors, f"'{path.name}'")

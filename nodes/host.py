@@ -16,7 +16,8 @@ import folder_paths
 from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attention
 
 from ..ipadapter_core import (LAYOUTS, FAMILY_NAMES, ImagePrompt, IPAdapterModel, IPAttentionPatch,
-                              ModelMismatchError, build_branches, load_adapter_file, with_default_uncond)
+                              ModelMismatchError, build_branches, curve_values, layer_weights, load_adapter_file,
+                              square_images, with_default_uncond)
 from ..ipadapter_core.layers import FAMILY_CONTEXT_DIM
 
 FOLDER = "ipadapter"
@@ -67,25 +68,28 @@ def zero_image_hidden(clip_vision) -> torch.Tensor:
     return cached
 
 
-def _encode(clip_vision, image: torch.Tensor, progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W); one image at a time."""
+def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W), ``batch_size`` images at a
+    time so that only one chunk's activations are ever held."""
+    image = square_images(image, fit, fill=tuple(clip_vision.image_mean))
     embeds, hidden = [], []
-    for i in range(image.shape[0]):
-        out = clip_vision.encode_image(image[i:i + 1])
+    for i in range(0, image.shape[0], batch_size):
+        out = clip_vision.encode_image(image[i:i + batch_size], crop=fit != "squash")
         embeds.append(out["image_embeds"])
         hidden.append(out["penultimate_hidden_states"])
-        progress.update(1)
+        progress.update(min(batch_size, image.shape[0] - i))
     return torch.cat(embeds), torch.cat(hidden)
 
 
-def encode_image_prompt(clip_vision, image: torch.Tensor, negative_image: torch.Tensor | None = None
-                        ) -> ImagePrompt:
+def encode_image_prompt(clip_vision, image: torch.Tensor, negative_image: torch.Tensor | None = None,
+                        fit: str = "center crop", batch_size: int = 8) -> ImagePrompt:
     count = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
     progress = comfy.utils.ProgressBar(count)
-    embeds, hidden = _encode(clip_vision, image, progress)
+    embeds, hidden = _encode(clip_vision, image, progress, fit, batch_size)
     if negative_image is None:
         return with_default_uncond(embeds, hidden, zero_image_hidden(clip_vision))
-    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress)
+    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, fit, batch_size)
     n = embeds.shape[0]
     if neg_embeds.shape[0] not in (1, n):
         raise ValueError(f"negative_image has {neg_embeds.shape[0]} images for {n} reference images: give one "
@@ -140,17 +144,50 @@ def sigma_range(model, start_at: float, end_at: float) -> tuple[float, float] | 
     return float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at))
 
 
+CURVE_POINTS = 33
+
+
+def weight_schedule(model, curve: str, start_at: float, end_at: float):
+    """A weight curve over [start_at, end_at] as (sigmas (K,) descending, multipliers (K,)); None if constant."""
+    if curve == "constant":
+        return None
+    sampling = model.get_model_object("model_sampling")
+    fractions = [start_at + (end_at - start_at) * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
+    # percent_to_sigma(0) is a sentinel (a huge sigma); the first real sigma stands for the start.
+    sigmas = [float(sampling.percent_to_sigma(max(f, 1e-4))) for f in fractions]
+    return torch.tensor(sigmas), torch.tensor(curve_values(curve, CURVE_POINTS))
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """What the advanced node adds to weight/start/end, resolved to plain data at apply time."""
+    layer_preset: str = "linear"
+    composition_weight: float = 1.0
+    custom_layer_weights: str = ""
+    weight_curve: str = "constant"
+    attn_mask: torch.Tensor | None = None  # MASK (M, H, W) or (H, W)
+    unfold_batch: bool = False
+
+
 def apply_ip_adapter(model, adapter: LoadedAdapter, prompt: ImagePrompt, weight: float, start_at: float,
-                     end_at: float):
-    """A clone of ``model`` with this adapter's branch on every cross-attention layer (stacked on any before)."""
+                     end_at: float, options: ApplyOptions = ApplyOptions()):
+    """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before)."""
     check_model_fits(model, adapter)
     prompt.check_fits(adapter.spec)
     patched = model.clone()
-    if weight == 0.0 or start_at >= end_at:
+    weights = layer_weights(adapter.spec.family, options.layer_preset, weight,
+                            composition_weight=options.composition_weight, custom=options.custom_layer_weights)
+    if not weights or start_at >= end_at:
         return patched
-    branches = build_branches(adapter.model, prompt, weight, sigma_range(model, start_at, end_at))
+    mask = options.attn_mask
+    branches = build_branches(
+        adapter.model, prompt, weight, sigma_range(model, start_at, end_at), options.unfold_batch,
+        layer_weights=weights, schedule=weight_schedule(model, options.weight_curve, start_at, end_at),
+        mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]))
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for site in LAYOUTS[adapter.spec.family]:
+        if site.n not in branches:
+            continue
         previous = existing.get(site.key, existing.get(site.key[:2]))
         if isinstance(previous, IPAttentionPatch):
             patch = previous.stacked(branches[site.n])

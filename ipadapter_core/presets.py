@@ -1,0 +1,126 @@
+"""Per-layer weight presets and weight curves over the sampling range, as data.
+
+Everything here resolves to plain numbers before sampling: ``layer_weights`` gives {layer N: weight} for the layers
+an adapter acts on (layers left out get no image branch at all), ``curve_values`` gives the weight multiplier at
+points of the sampling range. The attention patch only looks these up.
+"""
+import math
+import re
+
+from .errors import IPAdapterError
+from .layers import LAYOUTS, LayerSite
+
+# Block -> multiplier. SDXL: InstantStyle's blocks (style = output 1, composition = input 8). SD1.5 has no published
+# equivalent; these are the widely used heuristic (REFERENCE.md §2).
+STYLE_BLOCKS: dict[str, dict[tuple[str, int], float]] = {
+    "sdxl": {("output", 1): 1.0},
+    "sd15": {("input", 1): 1.0, ("input", 2): 1.0, ("input", 4): 1.0, ("input", 5): 1.0,
+             **{("output", i): 1.0 for i in range(5, 12)}},
+}
+COMPOSITION_BLOCKS: dict[str, dict[tuple[str, int], float]] = {
+    "sdxl": {("input", 8): 1.0},
+    "sd15": {("input", 8): 1.0, ("input", 7): 0.25},
+}
+
+LAYER_PRESETS = ("linear", "ease in", "ease out", "ease in-out", "style transfer", "composition",
+                 "style and composition", "custom")
+CURVES = ("constant", "ramp up", "ramp down", "smooth up", "smooth down")
+_FLOOR = 0.05  # the smallest multiplier of the depth curves: every layer keeps a little of the image prompt
+
+_DEPTH_CURVES = {
+    "linear": lambda t: 1.0,
+    "ease in": lambda t: _FLOOR + (1 - _FLOOR) * t * t,  # weak near the input, full at the output
+    "ease out": lambda t: _FLOOR + (1 - _FLOOR) * (1 - t) * (1 - t),  # full at the input, weak at the output
+    "ease in-out": lambda t: _FLOOR + (1 - _FLOOR) * math.sin(math.pi * t),  # full around the middle block
+}
+_TIME_CURVES = {
+    "constant": lambda t: 1.0,
+    "ramp up": lambda t: t,
+    "ramp down": lambda t: 1.0 - t,
+    "smooth up": lambda t: t * t * (3 - 2 * t),
+    "smooth down": lambda t: 1.0 - t * t * (3 - 2 * t),
+}
+
+
+def forward_order(family: str) -> tuple[LayerSite, ...]:
+    """The layers in the order the UNet runs them: input blocks, middle block, output blocks."""
+    rank = {"input": 0, "middle": 1, "output": 2}
+    return tuple(sorted(LAYOUTS[family], key=lambda s: (rank[s.key[0]], s.key[1], s.key[2])))
+
+
+def _blocks(family: str, table: dict[tuple[str, int], float], weight: float) -> dict[int, float]:
+    return {s.n: weight * table[s.key[:2]] for s in LAYOUTS[family] if s.key[:2] in table}
+
+
+def layer_weights(family: str, preset: str, weight: float, *, composition_weight: float = 1.0,
+                  custom: str = "") -> dict[int, float]:
+    """{layer N: weight} of the layers the adapter acts on; layers with weight 0 are left out."""
+    if preset in _DEPTH_CURVES:
+        order = forward_order(family)
+        last = max(len(order) - 1, 1)
+        out = {s.n: weight * _DEPTH_CURVES[preset](i / last) for i, s in enumerate(order)}
+    elif preset == "style transfer":
+        out = _blocks(family, STYLE_BLOCKS[family], weight)
+    elif preset == "composition":
+        out = _blocks(family, COMPOSITION_BLOCKS[family], weight)
+    elif preset == "style and composition":
+        out = {**_blocks(family, COMPOSITION_BLOCKS[family], composition_weight),
+               **_blocks(family, STYLE_BLOCKS[family], weight)}
+    elif preset == "custom":
+        out = {n: weight * w for n, w in parse_custom_weights(family, custom).items()}
+    else:
+        raise IPAdapterError(f"unknown layer weight preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
+    return {n: w for n, w in sorted(out.items()) if w != 0.0}
+
+
+def parse_custom_weights(family: str, text: str) -> dict[int, float]:
+    """Custom per-layer multipliers, one of two forms:
+
+    - a comma-separated list with one number per layer, in the weight file's order (N = 1, 3, 5, ...);
+    - ``name=value`` entries, comma-separated, where name is a layer number (``69``), a block (``input 8``,
+      ``output 1``) or ``middle``; layers not named get 0.
+    """
+    sites = LAYOUTS[family]
+    items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    if not items:
+        raise IPAdapterError("custom layer weights are empty: give one number per layer, or entries like "
+                             "'output 1=1.0, input 8=0.5'")
+    if all("=" not in item for item in items):
+        if len(items) != len(sites):
+            raise IPAdapterError(f"custom layer weights list {len(items)} numbers, but a {family} adapter has "
+                                 f"{len(sites)} layers: give one number per layer, or name=value entries")
+        return {s.n: _number(item) for s, item in zip(sites, items)}
+    out = {s.n: 0.0 for s in sites}
+    for item in items:
+        name, _, value = item.partition("=")
+        targets = _named_layers(sites, name.strip().lower())
+        if not targets:
+            raise IPAdapterError(f"custom layer weights: {name.strip()!r} names no layer of a {family} adapter "
+                                 f"(layers {sites[0].n}..{sites[-1].n}, blocks like 'input 8', 'output 1', "
+                                 "'middle')")
+        out.update({n: _number(value) for n in targets})
+    return out
+
+
+def _named_layers(sites, name: str) -> list[int]:
+    if name.isdigit():
+        return [s.n for s in sites if s.n == int(name)]
+    match = re.fullmatch(r"(input|output|middle)\s*(\d*)", name)
+    if not match:
+        return []
+    block, block_id = match.group(1), int(match.group(2) or 0)
+    return [s.n for s in sites if s.key[0] == block and s.key[1] == block_id]
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise IPAdapterError(f"custom layer weights: {text.strip()!r} is not a number") from None
+
+
+def curve_values(curve: str, points: int) -> list[float]:
+    """The weight multiplier at ``points`` evenly spaced fractions of the [start_at, end_at] range."""
+    if curve not in _TIME_CURVES:
+        raise IPAdapterError(f"unknown weight curve {curve!r}; choose one of {', '.join(CURVES)}")
+    return [_TIME_CURVES[curve](i / (points - 1)) for i in range(points)]
