@@ -1,4 +1,5 @@
 """EncodeImagePrompt: CLIP vision + reference image(s) -> IMAGE_PROMPT."""
+from ..ipadapter_core import FIT_MODES
 from . import host
 
 
@@ -23,8 +24,13 @@ class EncodeImagePrompt:
             "optional": {
                 "negative_image": ("IMAGE", {"tooltip": "Replaces the default negative (zero embedding / "
                                                         "mean-grey image) of the CFG uncond pass."}),
+                "fit": (list(FIT_MODES), {"default": "center crop", "tooltip": "How a non-square image becomes "
+                                          "the encoder's square: crop (centre or an end of the long side), pad "
+                                          "with the encoder's mean colour, or squash."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Images encoded at once; "
+                                       "memory for activations stays flat however many frames are encoded."}),
             },
         }
 
-    def encode(self, clip_vision, image, negative_image=None):
-        return (host.encode_image_prompt(clip_vision, image, negative_image),)
+    def encode(self, clip_vision, image, negative_image=None, fit="center crop", batch_size=8):
+        return (host.encode_image_prompt(clip_vision, image, negative_image, fit, batch_size),)

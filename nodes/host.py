@@ -17,7 +17,7 @@ from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attenti
 
 from ..ipadapter_core import (LAYOUTS, FAMILY_NAMES, ImagePrompt, IPAdapterModel, IPAttentionPatch,
                               ModelMismatchError, build_branches, curve_values, layer_weights, load_adapter_file,
-                              square_images, with_default_uncond)
+                              load_image_prompt, save_image_prompt, square_images, with_default_uncond)
 from ..ipadapter_core.layers import FAMILY_CONTEXT_DIM
 
 FOLDER = "ipadapter"
@@ -195,3 +195,39 @@ def apply_ip_adapter(model, adapter: LoadedAdapter, prompt: ImagePrompt, weight:
             patch = IPAttentionPatch((branches[site.n],), attention=optimized_attention, inner=previous)
         patched.set_model_attn2_replace(patch, *site.key)
     return patched
+
+
+# ---------------------------------------------------------------------------------------------- saved prompts
+
+PROMPT_SUBFOLDER = "image_prompts"
+
+
+def saved_image_prompts() -> list[str]:
+    """Saved prompts under input/image_prompts and output/image_prompts, as the host's annotated names."""
+    found = []
+    for kind, root in (("input", folder_paths.get_input_directory()), ("output", folder_paths.get_output_directory())):
+        folder = os.path.join(root, PROMPT_SUBFOLDER)
+        if not os.path.isdir(folder):
+            continue
+        names = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+        suffix = "" if kind == "input" else " [output]"
+        found += [f"{PROMPT_SUBFOLDER}/{name}{suffix}" for name in names]
+    return found
+
+
+def save_prompt(prompt: ImagePrompt, filename_prefix: str) -> str:
+    """Write output/image_prompts/<prefix>_00001_.safetensors (numbered like the host's image saves)."""
+    prefix = f"{PROMPT_SUBFOLDER}/{filename_prefix}"
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory())
+    os.makedirs(folder, exist_ok=True)
+    file = f"{name}_{counter:05}_.safetensors"
+    save_image_prompt(os.path.join(folder, file), prompt)
+    return f"{subfolder}/{file} [output]" if subfolder else f"{file} [output]"
+
+
+def load_prompt(name: str) -> ImagePrompt:
+    path = folder_paths.get_annotated_filepath(name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no saved image prompt '{name}': save one with Save Image Prompt, or put the file "
+                                f"in input/{PROMPT_SUBFOLDER}/")
+    return load_image_prompt(path)
