@@ -199,3 +199,24 @@ def make_clip_vision_vit_h(path: str, seed: int = 0) -> None:
 def make_clip_vision_vit_bigg(path: str, seed: int = 0) -> None:
     """Write a random-weight OpenCLIP ViT-bigG/14 vision encoder (transformers layout, fp16, ~3.7 GB) to ``path``."""
     write_random_safetensors(path, clip_vision_specs("g"), seed)
+
+
+TINY_CLIP_VISION = {"hidden_size": 32, "image_size": 28, "intermediate_size": 64, "model_type": "clip_vision_model",
+                    "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 3, "patch_size": 14,
+                    "projection_dim": 16, "hidden_act": "gelu", "layer_norm_eps": 1e-5}
+
+
+def tiny_clip_vision(tmp_dir, seed: int = 0, **overrides):
+    """A host ``ClipVisionModel`` with a tiny config (28 px, 2x2 patches, width 32) and random fp32 weights."""
+    import comfy.clip_vision
+    config = {**TINY_CLIP_VISION, **overrides}
+    path = os.path.join(str(tmp_dir), f"tiny_clip_vision_{seed}.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    model = comfy.clip_vision.ClipVisionModel(path)
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * 0.2 + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
+             for k, v in model.get_sd().items()}
+    model.load_sd(state)
+    model.model.float()
+    return model
