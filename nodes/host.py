@@ -73,13 +73,17 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
     """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W), ``batch_size`` images at a
     time so that only one chunk's activations are ever held."""
     image = square_images(image, fit, fill=tuple(clip_vision.image_mean))
-    embeds, hidden = [], []
-    for i in range(0, image.shape[0], batch_size):
+    n = image.shape[0]
+    embeds = hidden = None
+    for i in range(0, n, batch_size):
         out = clip_vision.encode_image(image[i:i + batch_size], crop=fit != "squash")
-        embeds.append(out["image_embeds"])
-        hidden.append(out["penultimate_hidden_states"])
-        progress.update(min(batch_size, image.shape[0] - i))
-    return torch.cat(embeds), torch.cat(hidden)
+        chunk_embeds, chunk_hidden = out["image_embeds"], out["penultimate_hidden_states"]
+        if hidden is None:  # filled in place: no list of chunks and no concatenated copy of it
+            embeds = chunk_embeds.new_empty((n, *chunk_embeds.shape[1:]))  # (n, E)
+            hidden = chunk_hidden.new_empty((n, *chunk_hidden.shape[1:]))  # (n, P, W)
+        embeds[i:i + batch_size], hidden[i:i + batch_size] = chunk_embeds, chunk_hidden
+        progress.update(chunk_hidden.shape[0])
+    return embeds, hidden
 
 
 def encode_image_prompt(clip_vision, image: torch.Tensor, negative_image: torch.Tensor | None = None,
