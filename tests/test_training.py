@@ -177,3 +177,139 @@ def test_kill_during_checkpoint_write_keeps_previous(tiny_data, reference_run, t
     resumed = train(tiny_data, out, "--max-steps", STEPS, "--save-every", SAVE_EVERY, "--resume", "latest")
     assert max_diff(adapter_tensors(resumed), adapter_tensors(reference_run)) <= 1e-6
     assert not (folder / ".checkpoint-00000006.partial").exists()
+
+
+def test_two_processes_equal_one_with_doubled_batch(tiny_data, tmp_path):
+    """accelerate launch, 2 CPU processes (gloo) with batch 2 each == one process with batch 4 (mean loss).
+    Without MPI, accelerate's ``--cpu --num_processes 2`` starts ONE process; its torchrun launcher with
+    ACCELERATE_USE_CPU starts two, which the checkpoint's per-process RNG files prove."""
+    # The paper's lr: Adam's first steps move every weight by ~lr whatever its gradient, so float-level
+    # differences of near-zero gradients (batch 2 vs 4 kernels, gloo's average) show up at ~1e-2 * lr.
+    common = ("--max-steps", 3, "--save-every", 100, "--learning-rate", "1e-4")
+    single = train(tiny_data, tmp_path / "one", *common, "--batch-size", 4)
+    initial = train(tiny_data, tmp_path / "init", "--max-steps", 0)
+    args = base_args(tiny_data, tmp_path / "two", *common, "--batch-size", 2)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "training.train", *args]
+    proc = subprocess.run(cmd, env=dict(subprocess_env(), ACCELERATE_USE_CPU="true"), cwd=str(REPO),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = tmp_path / "two" / "ip-adapter_trained.safetensors"
+    last = adapter_tensors(tmp_path / "one" / "checkpoints" / "checkpoint-00000003" / "ip-adapter_trained.safetensors")
+    assert (tmp_path / "two" / "checkpoints" / "checkpoint-00000003" / "random_states_1.pkl").is_file()
+    assert max_diff(adapter_tensors(double), adapter_tensors(single)) <= 1e-5
+    assert max_diff(last, adapter_tensors(single)) == 0.0  # the final checkpoint holds the exported adapter
+    assert max_diff(adapter_tensors(initial), adapter_tensors(single)) > 1e-4  # training moved the weights
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_export_loads_in_node_and_in_diffusers(tiny_data, tmp_path, ext):
+    """The written file: LoadIPAdapter (the node) loads it and the patched model's output changes; diffusers'
+    load_ip_adapter loads the same file and gives the same epsilon as the host."""
+    import copy
+    from types import SimpleNamespace
+
+    from diffusers.loaders import IPAdapterMixin
+    from parity_models import build_pair, diffusers_eps, host_eps
+    path = train(tiny_data, tmp_path / "run", "--max-steps", 2, "--save-every", 100)
+    metadata = safetensors.safe_open(str(path), "pt").metadata()
+    assert json.loads(metadata["ipadapter_spec"])["kind"] == "base"
+
+    import folder_paths
+    folder_paths.add_model_folder_path("ipadapter", str(path.parent))
+    node = ext.NODE_CLASS_MAPPINGS["LoadIPAdapter"]
+    loaded = _execute(node, ipadapter_name=path.name)
+    patcher, unet, info = build_pair("sd15", seed=0, context_dim=32)  # the same tiny UNet training used
+    prompt = _tiny_prompt(ext)
+    patched = ext.nodes.host.apply_ip_adapter(patcher, loaded, prompt, 1.0, 0.0, 1.0)
+    g = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 8, 32, generator=g)
+    eps = host_eps(patched, x, 1.7, [ctx])[0]
+    plain = host_eps(patcher, x, 1.7, [ctx])[0]
+    assert (eps - plain).abs().max() > 1e-3
+
+    pipe = SimpleNamespace(unet=copy.deepcopy(unet))
+    IPAdapterMixin.load_ip_adapter(pipe, str(path.parent), subfolder="", weight_name=path.name,
+                                   image_encoder_folder=None)
+    reference = diffusers_eps(pipe.unet.float(), patcher, x, 1.7, ctx, {"image_embeds": [prompt.embeds[None]]})
+    assert ((eps - reference).abs().max() / reference.abs().max()).item() <= 1e-4
+
+
+def _execute(node_cls, **inputs):
+    """Run a node (V3 io.ComfyNode or classic) and return its first output."""
+    if hasattr(node_cls, "execute") and hasattr(node_cls, "define_schema"):
+        out = node_cls.execute(**inputs)
+        return (out.result if hasattr(out, "result") else out)[0]
+    return getattr(node_cls(), node_cls.FUNCTION)(**inputs)[0]
+
+
+def _tiny_prompt(ext):
+    from training_models import TinyEncoders
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    enc = TinyEncoders()
+    embeds, hidden = enc.encode_image(pixels)
+    return ext.ipadapter_core.with_default_uncond(embeds, hidden, enc.hidden_of_normalised(torch.zeros(1, 3, 32, 32)))
+
+
+def test_drop_rates_and_draws_follow_the_recipe():
+    """One draw per sample: 5 % image only, 5 % text only, 5 % both; timesteps uniform; a pure function of
+    (seed, position)."""
+    from training.recipe import DropRates, draw
+    n = 20000
+    d = draw(3, range(n), (1, 1, 1), 1000, DropRates())
+    image_only = (d.drop_image & ~d.drop_text).float().mean().item()
+    text_only = (d.drop_text & ~d.drop_image).float().mean().item()
+    both = (d.drop_image & d.drop_text).float().mean().item()
+    sigma = (0.05 * 0.95 / n) ** 0.5
+    for rate in (image_only, text_only, both):
+        assert abs(rate - 0.05) < 5 * sigma, (image_only, text_only, both)
+    assert d.timesteps.min() == 0 and d.timesteps.max() == 999
+    assert abs(d.timesteps.float().mean().item() - 499.5) < 5 * 288.7 / n ** 0.5
+    again = draw(3, [17, 5], (4, 2, 2), 1000, DropRates())
+    one = draw(3, [5], (4, 2, 2), 1000, DropRates())
+    assert torch.equal(again.noise[1], one.noise[0]) and again.timesteps[1] == one.timesteps[0]
+    assert not torch.equal(draw(4, [5], (4, 2, 2), 1000, DropRates()).noise, one.noise)
+
+
+@pytest.mark.parametrize("variant", ["base", "plus"])
+def test_dropped_inputs_are_the_reference_uncond(tiny_data, variant):
+    """A dropped image is a zero embedding (base) or the encoder's hidden states of the all-zero normalised pixel
+    tensor (plus); a dropped caption is the empty prompt's embedding."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from training.recipe import DropRates
+    from training.train import Run, model_inputs, unconditional_inputs
+    from training_models import TinyEncoders, tiny_sd15
+    frozen = tiny_sd15()
+    args = SimpleNamespace(seed=0, resolution=64, _world=1, _rank=0, cache=None)
+    feature = "pooled" if variant == "base" else "hidden"
+    pixels = torch.rand(3, 3, 64, 64)
+    batch = {"pixels": pixels, "text": ["red", "green", "blue"], "position": torch.tensor([0, 1, 2]), "size": 3}
+    for rates, image_dropped in ((DropRates(image=0.0, text=0.0, both=1.0), True),
+                                 (DropRates(image=0.0, text=0.0, both=0.0), False)):
+        run = Run(args, frozen, feature, *unconditional_inputs(args, frozen, False, feature), cached=False,
+                  dataset_size=16, rates=rates, skipped=Counter())
+        inputs = model_inputs(run, batch, torch.device("cpu"))
+        real_pooled, real_hidden = frozen.encode_image(pixels)
+        real_context, _ = frozen.encode_text(batch["text"])
+        empty_context, _ = frozen.encode_text([""])
+        if not image_dropped:
+            assert torch.equal(inputs["features"], real_pooled if variant == "base" else real_hidden)
+            assert torch.equal(inputs["context"], real_context)
+            continue
+        if variant == "base":
+            assert torch.equal(inputs["features"], torch.zeros_like(real_pooled))
+        else:
+            grey = TinyEncoders().hidden_of_normalised(torch.zeros(1, 3, 32, 32))  # zero after normalisation
+            assert torch.allclose(inputs["features"], grey.expand(3, -1, -1))
+            mean_grey = TinyEncoders().mean.expand(1, 3, 64, 64)  # the mean-grey image encodes the same
+            assert torch.allclose(frozen.encode_image(mean_grey)[1], grey, atol=1e-5)
+        assert torch.equal(inputs["context"], empty_context.expand(3, -1, -1))
