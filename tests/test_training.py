@@ -313,3 +313,104 @@ def test_dropped_inputs_are_the_reference_uncond(tiny_data, variant):
             mean_grey = TinyEncoders().mean.expand(1, 3, 64, 64)  # the mean-grey image encodes the same
             assert torch.allclose(frozen.encode_image(mean_grey)[1], grey, atol=1e-5)
         assert torch.equal(inputs["context"], empty_context.expand(3, -1, -1))
+
+
+def _write_bad_samples(folder):
+    """Next to good samples: an unreadable image, an image without caption, a caption without image."""
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "broken.txt").write_text("a picture")
+    from PIL import Image
+    Image.new("RGB", (70, 64), (10, 200, 30)).save(folder / "uncaptioned.png")
+    (folder / "orphan.txt").write_text("no image here")
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
+    from training_models import write_dataset
+    data = write_dataset(tmp_path / "data", 6, seed=2)
+    _write_bad_samples(data)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        path = train(data, out, "--max-steps", 4, "--save-every", 100)
+    assert path.is_file()
+    skipped = json.loads((out / "checkpoints" / "checkpoint-00000004" / "trainer_state.json").read_text())["skipped"]
+    # 4 steps x 4 samples = 16 positions = 2 epochs of 8 records, 2 of them bad: each bad one seen twice
+    assert skipped == {"unreadable image": 2, "missing caption": 2}
+    assert any("skipped" in r.getMessage() and "unreadable image" in r.getMessage() for r in caplog.records)
+
+
+def test_no_usable_data_is_a_clear_error(tmp_path):
+    from training.data import DataError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no training samples"):
+        train(empty, tmp_path / "a", "--max-steps", 2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_bad_samples(bad)
+    with pytest.raises(DataError, match="no usable training sample"):
+        train(bad, tmp_path / "b", "--max-steps", 50)
+
+
+def test_tar_shards_stream_and_a_cut_shard_is_skipped(tmp_path):
+    import io
+    import tarfile
+
+    from training_models import write_dataset
+    source = write_dataset(tmp_path / "src", 8, seed=4)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for shard, names in enumerate((range(0, 4), range(4, 8))):
+        with tarfile.open(shards / f"{shard:05d}.tar", "w") as tar:
+            for i in names:
+                for ext in ("png", "txt"):
+                    tar.add(source / f"{i:04d}.{ext}", arcname=f"{i:04d}.{ext}")
+    cut = (shards / "00001.tar").read_bytes()
+    (shards / "00001.tar").write_bytes(cut[: len(cut) // 2 + 100])  # cut inside a member
+    out = tmp_path / "run"
+    path = train(f"{shards}/{{00000..00001}}.tar", out, "--max-steps", 3, "--save-every", 100)
+    assert path.is_file()
+    state = json.loads((out / "checkpoints" / "checkpoint-00000003" / "trainer_state.json").read_text())
+    assert state["skipped"].get("shard cut short", 0) >= 1
+
+
+def test_cached_training_equals_uncached(tiny_data, tmp_path):
+    """The pre-encode pass stores what a step would compute (fp32 here): training from it gives the same adapter."""
+    plain = train(tiny_data, tmp_path / "plain", "--max-steps", 3, "--save-every", 100)
+    cache = tmp_path / "cache"
+    cached = train(tiny_data, tmp_path / "cached", "--max-steps", 3, "--save-every", 100, "--cache", cache,
+                   "--precache")
+    meta = json.loads((cache / "cache.json").read_text())
+    assert meta["count"] == 16 and meta["feature"] == "pooled"
+    assert max_diff(adapter_tensors(cached), adapter_tensors(plain)) <= 1e-6
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from comfy.ldm.modules.attention import optimized_attention
+    from training.model import AdapterTraining, new_adapter, new_spec
+    from training_models import tiny_sd15
+    grads = []
+    for checkpointing in (False, True):
+        frozen = tiny_sd15()
+        adapter = new_adapter(frozen, new_spec(frozen, "plus", 64), seed=0)
+        module = AdapterTraining(adapter, frozen.base_model, optimized_attention, checkpointing)
+        g = torch.Generator().manual_seed(0)
+        hidden = torch.randn(2, 17, 64, generator=g)
+        eps = module(hidden, torch.randn(2, 8, 32, generator=g), torch.randn(2, 4, 8, 8, generator=g),
+                     torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 900]))
+        eps.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_options_from_a_config_file(tmp_path):
+    from training.train import parse_args
+    (tmp_path / "c.yaml").write_text("learning_rate: 3.0e-5\nvariant: plus\nbatch-size: 2\n")
+    (tmp_path / "c.toml").write_text('learning_rate = 2e-5\nmixed_precision = "bf16"\n')
+    args = parse_args(["--config", str(tmp_path / "c.yaml"), "--batch-size", "5"])
+    assert (args.learning_rate, args.variant, args.batch_size, args.weight_decay) == (3e-5, "plus", 5, 0.01)
+    args = parse_args(["--config", str(tmp_path / "c.toml")])
+    assert (args.learning_rate, args.mixed_precision, args.drop_image) == (2e-5, "bf16", 0.05)
+    (tmp_path / "bad.yaml").write_text("learnin_rate: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "bad.yaml")])

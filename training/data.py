@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
@@ -214,12 +215,27 @@ def _samples_of(shard: str, read: bool = True):
                     yield _shard_sample(parts)
                     parts = {}
                 current = key
-                parts[ext.lower()] = tar.extractfile(member).read() if read or ext == "txt" else b""
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise EOFError(f"member {member.name} has {len(data)} of {member.size} bytes")
+                parts[ext.lower()] = data if read or ext == "txt" else b""
+            _check_end(shard, tar.offset)
             if current is not None:
                 yield _shard_sample(parts)
     except (tarfile.TarError, OSError, EOFError) as exc:
         log.warning("shard %s is cut short or unreadable (%s): the rest of it is skipped", shard, exc)
         yield Bad("shard cut short")
+
+
+def _check_end(shard: str, offset: int) -> None:
+    """tarfile takes a file that stops between members for a complete one: a whole tar ends in two zero blocks
+    after its last member (when the size is known). Missing: the shard was cut short."""
+    try:
+        size = os.path.getsize(shard)
+    except OSError:
+        return
+    if size - offset < 2 * tarfile.BLOCKSIZE:
+        raise EOFError(f"no end-of-archive marker after {offset} of {size} bytes")
 
 
 def _shard_sample(parts: dict):
