@@ -414,3 +414,51 @@ def test_options_from_a_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("learnin_rate: 1\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_clip_scores_follow_the_paper(tmp_path, host):
+    """CLIP-I = cos(generated, prompt image); CLIP-T = 2.5 * max(cos(generated, caption), 0) (CLIPScore); the
+    open_clip model comes from a weights file by path (a tiny random one here)."""
+    import open_clip
+    from training.evaluate import image_embeddings, load_scorer, scores, text_embeddings
+    g, r, c = torch.tensor([[0.6, 0.8], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
+    clip_i, clip_t = scores(g, r, c)
+    assert clip_i == pytest.approx((0.8 + 0.0) / 2)
+    assert clip_t == pytest.approx(0.0)  # both cosines with the caption are <= 0: clamped
+    assert scores(g, r, -c)[1] == pytest.approx(2.5 * (0.6 + 1.0) / 2)
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(tmp_path / "tiny-clip-test.json"))
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.bin"
+    torch.save(open_clip.create_model("tiny-clip-test").state_dict(), weights)
+    model, preprocess, tokenizer = load_scorer("tiny-clip-test", str(weights))
+    images = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+    emb = image_embeddings(model, preprocess, images)
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert scores(emb[:1], emb[:1], text_embeddings(model, tokenizer, ["a cat"]))[0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="clip-weights"):
+        load_scorer("tiny-clip-test", str(tmp_path / "missing.bin"))
+
+
+@pytest.mark.skipif(not os.environ.get("IPADAPTER_SLOW_TESTS"),
+                    reason="real-size SD1.5 + ViT-H training run (~2 min on 2 CPU cores): set IPADAPTER_SLOW_TESTS=1")
+def test_cli_on_real_size_files(model_files, tmp_path, ext):
+    """``python -m training.train`` on a real-layout SD1.5 checkpoint and ViT-H file (random weights) at 64 px:
+    the host's loaders, a validation image through the nodes, and a file LoadIPAdapter loads."""
+    from training_models import write_dataset
+    data = write_dataset(tmp_path / "data", 2, seed=3)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training.train", "--checkpoint", str(model_files["sd15"]),
+           "--clip-vision", str(model_files["vit_h"]), "--data", str(data), "--resolution", "64",
+           "--batch-size", "1", "--max-steps", "1", "--num-workers", "0", "--mixed-precision", "bf16",
+           "--output-dir", str(out), "--validate-every", "1", "--validation-images", str(data / "0000.png"),
+           "--validation-sampling-steps", "2"]
+    proc = subprocess.run(cmd, env=subprocess_env(), cwd=str(REPO), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "CLIP-I" in proc.stderr
+    assert (out / "validation" / "step-00000001" / "00.png").is_file()
+    loaded = ext.nodes.host.load_adapter(str(out / "ip-adapter_trained.safetensors"))
+    assert (loaded.spec.kind, loaded.spec.family, loaded.spec.encoder_width) == ("base", "sd15", 1024)
