@@ -427,7 +427,7 @@ def test_clip_scores_follow_the_paper(tmp_path, host):
     assert clip_t == pytest.approx(0.0)  # both cosines with the caption are <= 0: clamped
     assert scores(g, r, -c)[1] == pytest.approx(2.5 * (0.6 + 1.0) / 2)
 
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16},
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
     open_clip.add_model_config(str(tmp_path / "tiny-clip-test.json"))
