@@ -72,11 +72,11 @@ def _write_shard(frozen, items, path: Path, feature: str, dtype, batch_size: int
 def finish_cache(frozen, folder: Path, meta: dict, skipped: Counter) -> None:
     """Main process, after every rank's shards: the empty prompt's embedding and cache.json (written last)."""
     context, pooled = frozen.encode_text([""])
-    empty = {"context": context}
+    empty = {"context": context, "zero_image_hidden": frozen.zero_image_hidden.float()}
     if pooled is not None:
         empty["pooled"] = pooled
     _atomic_save(empty, folder / "empty_text.safetensors")
-    meta = dict(meta, skipped=dict(skipped), count=sum(_rows(p) for p in sorted(folder.glob("part-*.safetensors"))))
+    meta = dict(meta, skipped=dict(skipped), embed_width=frozen.embed_width, count=sum(_rows(p) for p in sorted(folder.glob("part-*.safetensors"))))
     tmp = folder / f".{META}.tmp"
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, folder / META)
@@ -118,3 +118,8 @@ def read_cached(record: tuple[str, int], resolution: int = 0) -> dict:
 def empty_text(folder: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     with safe_open(str(Path(folder) / "empty_text.safetensors"), "pt") as f:
         return f.get_tensor("context"), (f.get_tensor("pooled") if "pooled" in f.keys() else None)
+
+
+def zero_image_hidden(folder: Path) -> torch.Tensor:
+    with safe_open(str(Path(folder) / "empty_text.safetensors"), "pt") as f:
+        return f.get_tensor("zero_image_hidden")

@@ -36,6 +36,11 @@ class FrozenModels:
     def base_model(self):
         return self.patcher.model
 
+    def with_cache_widths(self, embed_width: int, zero_image_hidden: torch.Tensor | None) -> "FrozenModels":
+        """A UNet-only run: the encoder facts the adapter's spec needs, as the cache recorded them."""
+        self.embed_width, self.zero_image_hidden = embed_width, zero_image_hidden
+        return self
+
     @property
     def hidden_width(self) -> int:
         return self.zero_image_hidden.shape[-1]
@@ -60,15 +65,21 @@ def host_family(patcher) -> str:
                      "SDXL layout: IP-Adapter training needs an SD1.5 or SDXL checkpoint")
 
 
-def load_frozen(checkpoint: str, clip_vision: str, dtype: torch.dtype | None) -> FrozenModels:
-    """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders."""
+def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | None, encoders: bool = True
+                ) -> FrozenModels:
+    """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders.
+    ``encoders=False``: the UNet only (training from a cache needs nothing else)."""
     from .hosting import import_extension
     import comfy.clip_vision
     import comfy.sd
 
     options = {} if dtype is None else {"dtype": dtype}
     patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        checkpoint, output_vae=True, output_clip=True, model_options=options, te_model_options=options)
+        checkpoint, output_vae=encoders, output_clip=encoders, model_options=options, te_model_options=options)
+    if not encoders:
+        return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=_no_encoder,
+                            encode_text=_no_encoder, encode_image=_no_encoder, zero_image_hidden=None,
+                            embed_width=0)
     vision = comfy.clip_vision.load(clip_vision)
     if vision is None:
         raise ValueError(f"'{clip_vision}' is not a CLIP vision model the host can load")
@@ -98,3 +109,7 @@ def encode_texts(clip, texts) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled.append(None if pool is None else pool.float())
     context = torch.cat(contexts)  # (B, T, C)
     return context, (None if pooled[0] is None else torch.cat(pooled))
+
+
+def _no_encoder(*_):
+    raise RuntimeError("this run loaded the UNet only (training from a complete cache): no encoders")

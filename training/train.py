@@ -93,15 +93,22 @@ class Run:
 
 
 def load_models(args):
-    """The frozen models: from a factory (``--models-from``) or the host's loaders."""
+    """The frozen models: from a factory (``--models-from``) or the host's loaders. Training from a complete
+    cache without validation loads the UNet only."""
     if args.models_from:
         module, _, function = args.models_from.partition(":")
         return getattr(importlib.import_module(module), function)()
-    if not (args.checkpoint and args.clip_vision):
+    if not args.checkpoint:
         raise SystemExit("give --checkpoint and --clip-vision (or --models-from)")
     from .frozen import load_frozen
     from .hosting import import_host
     import_host(args.comfyui)
+    cache = Path(args.cache) if args.cache else None
+    if cache and (cache / cache_mod.META).is_file() and not args.validate_every:
+        frozen = load_frozen(args.checkpoint, None, DTYPES[args.mixed_precision], encoders=False)
+        return frozen.with_cache_widths(cache_mod.load_meta(cache)["embed_width"], cache_mod.zero_image_hidden(cache))
+    if not args.clip_vision:
+        raise SystemExit("give --clip-vision (the CLIP vision file the adapter will read)")
     return load_frozen(args.checkpoint, args.clip_vision, DTYPES[args.mixed_precision])
 
 
