@@ -49,6 +49,8 @@ class FrozenModels:
         """Place the UNet (stored in ``dtype`` when given) where training runs."""
         unet = self.base_model.diffusion_model
         unet.to(device=device, dtype=dtype).requires_grad_(False).eval()
+        if dtype is not None:
+            unet.dtype = dtype  # the host casts inputs to this attribute (BaseModel.get_dtype)
         self.base_model.model_sampling.to(device)
         return self
 

@@ -91,7 +91,7 @@ class AdapterTraining(nn.Module):
         sigma = sampling.sigmas[timesteps.to(sampling.sigmas.device)].to(latents)  # (B,)
         noisy = latents + noise * sigma.view(-1, 1, 1, 1)  # the host's EPS noise_scaling
         model_in = sampling.calculate_input(sigma.view(-1, 1, 1, 1), noisy)  # sqrt(a)x0 + sqrt(1-a)eps
-        dtype = base.diffusion_model.dtype
+        dtype = next(base.diffusion_model.parameters()).dtype
         extra = {} if y is None else {"y": y.to(dtype)}
         out = base.diffusion_model(model_in.to(dtype), timesteps.float().to(latents.device),
                                    context=context.to(dtype), transformer_options=self.transformer_options(
