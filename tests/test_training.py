@@ -411,6 +411,8 @@ def test_options_from_a_config_file(tmp_path):
     assert (args.learning_rate, args.variant, args.batch_size, args.weight_decay) == (3e-5, "plus", 5, 0.01)
     args = parse_args(["--config", str(tmp_path / "c.toml")])
     assert (args.learning_rate, args.mixed_precision, args.drop_image) == (2e-5, "bf16", 0.05)
+    shipped = parse_args(["--config", str(REPO / "training" / "example_config.yaml")])
+    assert (shipped.variant, shipped.mixed_precision, shipped.precache) == ("base", "bf16", True)
     (tmp_path / "bad.yaml").write_text("learnin_rate: 1\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(tmp_path / "bad.yaml")])
