@@ -7,7 +7,6 @@ resumed from a checkpoint, or run on more processes with the same global batch, 
 import argparse
 import importlib
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
