@@ -38,6 +38,9 @@ MAIN = "image_variation"
 ARTIFACTS = REPO / "tests" / "artifacts"
 TEST_SIZE, TEST_STEPS = 64, 2
 NOTE_TYPES = {"Note", "MarkdownNote"}
+# A returning user's front-end: no first-run template dialog, no minimap, node text drawn at screenshot zoom.
+FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                     "LiteGraph.Canvas.MinFontSizeForLOD": 1}
 
 
 def _args_of(name):
@@ -71,6 +74,7 @@ class Hosts:
 def hosts(model_files, tmp_path_factory):
     base, cache = tmp_path_factory.mktemp("workflow_host"), tmp_path_factory.mktemp("workflow_files")
     (base / "user" / "default" / "workflows").mkdir(parents=True)
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(FRONTEND_SETTINGS))
     names = set().union(*(workflow_files.named_files(w) for w in WORKFLOWS.values())) & set(workflow_files.REGISTRY)
     hosts = Hosts(base)
     try:
@@ -186,13 +190,14 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 LOAD_JS = """async ([workflow, name]) => {
-  window.__errors = [];
   await app.loadGraphData(workflow, true, true, name);
   await new Promise(r => setTimeout(r, 500));
+  await app.extensionManager.command.execute('Comfy.Canvas.FitView');
   const registered = new Set(Object.keys(LiteGraph.registered_node_types));
   return {missing: workflow.nodes.map(n => n.type).filter(t => !registered.has(t)),
           inGraph: app.graph.nodes.length};
 }"""
+MISSING_DIALOG = "Some Nodes Are Missing"
 PROMPT_JS = "async () => JSON.stringify((await app.graphToPrompt()).output)"
 
 
@@ -207,7 +212,7 @@ def page(hosts, tmp_path_factory):
     with playwright.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
-            headless=True, viewport={"width": 1800, "height": 1000})
+            headless=True, viewport={"width": 1800, "height": 1000}, device_scale_factor=1)
         try:
             page = context.new_page()
             errors = []
@@ -226,19 +231,28 @@ def page(hosts, tmp_path_factory):
 
 def _load(page, workflow, name):
     page.errors.clear()
-    return page.evaluate(LOAD_JS, [workflow, name])
+    loaded = page.evaluate(LOAD_JS, [workflow, name])
+    page.wait_for_timeout(300)
+    loaded["dialog"] = page.get_by_text(MISSING_DIALOG).count() > 0
+    return loaded
 
 
 def test_browser_reports_a_missing_node_type(page):
+    """The checks below can fail: a workflow with an unknown node type is caught by both."""
     broken = copy.deepcopy(WORKFLOWS[MAIN])
     broken["nodes"][0]["type"] = "NoSuchNodeType"
-    assert _load(page, broken, "broken.json")["missing"] == ["NoSuchNodeType"]
+    loaded = _load(page, broken, "broken.json")
+    assert loaded["missing"] == ["NoSuchNodeType"] and loaded["dialog"]
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    assert page.get_by_text(MISSING_DIALOG).count() == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_browser_loads_workflow(page, name, object_info):
     loaded = _load(page, WORKFLOWS[name], f"{name}.json")
     assert loaded["missing"] == [], f"{name}.json: missing node types in the front-end: {loaded['missing']}"
+    assert not loaded["dialog"], f"{name}.json: the front-end shows '{MISSING_DIALOG}'"
     assert loaded["inGraph"] == len(WORKFLOWS[name]["nodes"])
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / f"workflow-{name.replace('_', '-')}.png"))
@@ -259,9 +273,15 @@ def test_browser_queues_image_variation_and_shows_the_image(page, hosts):
         if (w.name === 'steps') w.value = steps;
       }
     }""", [TEST_SIZE, TEST_STEPS])
+    before = set(request(server["port"], "/history"))
     page.evaluate("() => app.queuePrompt(0, 1)")
-    page.wait_for_function("""() => app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length
-                              && n.imgs[0].complete && n.imgs[0].naturalWidth > 0)""", timeout=600_000)
+    try:
+        page.wait_for_function("""() => app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length
+                                  && n.imgs[0].complete && n.imgs[0].naturalWidth > 0)""", timeout=300_000)
+    except Exception:
+        runs = {k: v.get("status") for k, v in request(server["port"], "/history").items() if k not in before}
+        raise AssertionError(f"no image in the page; runs queued from it: {json.dumps(runs)[:3000]}; console: "
+                             f"{page.errors}; host log: {server['log'].read_text()[-3000:]}") from None
     shown = page.evaluate("""() => { const n = app.graph.nodes.find(n => n.type === 'SaveImage');
                               return [n.imgs[0].src, n.imgs[0].naturalWidth, n.imgs[0].naturalHeight]; }""")
     assert "/view?" in shown[0] and "filename=" in shown[0], shown
