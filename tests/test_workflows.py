@@ -216,7 +216,7 @@ def page(hosts, tmp_path_factory):
     with playwright.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
-            headless=True, viewport={"width": 1800, "height": 1000}, device_scale_factor=1)
+            headless=True, viewport={"width": 2200, "height": 1200})
         try:
             page = context.new_page()
             errors = []
