@@ -160,6 +160,26 @@ def test_workflow_fits_the_host(name, object_info):
             f"{name}.json link {link_id}: output {out_types[origin_slot]} -> input '{input_name}' {in_type}")
 
 
+def _node_of(workflow, type_):
+    return next(n for n in workflow["nodes"] if n["type"] == type_)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: _node_of(w, "ApplyIPAdapter")["widgets_values"].__setitem__(0, 99.0), "outside"),
+    (lambda w: _node_of(w, "LoadIPAdapter")["widgets_values"].__setitem__(0, "renamed.safetensors"), "options"),
+    (lambda w: _node_of(w, "KSampler")["widgets_values"].pop(1), "widgets_values"),
+    (lambda w: _node_of(w, "KSampler")["widgets_values"].__setitem__(1, "sometimes"), "control_after_generate"),
+    (lambda w: _node_of(w, "EmptyLatentImage")["widgets_values"].__setitem__(0, 64.5), "integer"),
+    (lambda w: _node_of(w, "ApplyIPAdapter").__setitem__("type", "ApplyIPAdapterV2"), "does not register"),
+])
+def test_host_fit_check_catches_a_broken_workflow(change, message, object_info, monkeypatch):
+    broken = copy.deepcopy(WORKFLOWS[MAIN])
+    change(broken)
+    monkeypatch.setitem(WORKFLOWS, "broken", broken)
+    with pytest.raises((AssertionError, ValueError), match=message):
+        test_workflow_fits_the_host("broken", object_info)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_note_says_what_it_is_and_which_files(name):
     notes = [n for n in WORKFLOWS[name]["nodes"] if n["type"] in NOTE_TYPES]
