@@ -11,6 +11,7 @@ Every ``workflows/*.json`` is picked up; the browser tests skip with the reason 
 """
 import contextlib
 import copy
+import importlib.util
 import json
 import shutil
 import time
@@ -23,8 +24,9 @@ from PIL import Image
 from conftest import HOST, NO_HOST_REASON, REPO
 from host_server import EXTENSION_DIR_NAME, comfy_server, request, run_prompt
 import workflow_files
-from workflow_format import (FRONTEND_ONLY, CONTROL_AFTER_GENERATE, combo_options, is_widget, load,
-                             ordered_inputs, to_api, widget_values_by_name, extra_widget_values)
+from workflow_format import (FRONTEND_ONLY, CONTROL_AFTER_GENERATE, combo_options, extra_widget_values,
+                             has_control_after_generate, is_widget, load, ordered_inputs, to_api,
+                             widget_values_by_name)
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
@@ -133,8 +135,7 @@ def _check_node(name, node, info):
         if is_widget(type_, options):
             if not linked:
                 _check_value(f"{where} '{input_name}'", values[input_name], type_, options)
-            if isinstance(raw, list) and extra_widget_values(input_name, type_, options) and (
-                    type_ == "INT" or options.get("control_after_generate")):
+            if isinstance(raw, list) and has_control_after_generate(input_name, type_, options):
                 assert raw[i + 1] in CONTROL_AFTER_GENERATE, f"{where}: control_after_generate {raw[i + 1]!r}"
             i += 1 + extra_widget_values(input_name, type_, options)
         elif required:
@@ -225,12 +226,16 @@ MISSING_DIALOG = "Some Nodes Are Missing"
 PROMPT_JS = "async () => JSON.stringify((await app.graphToPrompt()).output)"
 
 
+NO_BROWSER_REASON = (
+    "no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it): browser tests skipped"
+    if CHROMIUM is None else "playwright not installed (pip install -r requirements-dev.txt): browser tests skipped"
+    if importlib.util.find_spec("playwright") is None else None)
+needs_browser = pytest.mark.skipif(NO_BROWSER_REASON is not None, reason=NO_BROWSER_REASON or "")
+
+
 @pytest.fixture(scope="module")
 def page(hosts, tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it): browser tests skipped")
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed "
-                                     "(pip install -r requirements-dev.txt): browser tests skipped")
+    import playwright.sync_api as playwright
     server = hosts.get()
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
@@ -261,6 +266,7 @@ def _load(page, workflow, name):
     return loaded
 
 
+@needs_browser
 def test_browser_reports_a_missing_node_type(page):
     """The checks below can fail: a workflow with an unknown node type is caught by both."""
     broken = copy.deepcopy(WORKFLOWS[MAIN])
@@ -272,6 +278,7 @@ def test_browser_reports_a_missing_node_type(page):
     assert page.get_by_text(MISSING_DIALOG).count() == 0
 
 
+@needs_browser
 @pytest.mark.parametrize("name", NAMES)
 def test_browser_loads_workflow(page, name, object_info):
     loaded = _load(page, WORKFLOWS[name], f"{name}.json")
@@ -287,6 +294,7 @@ def test_browser_loads_workflow(page, name, object_info):
     assert strip(frontend) == ours, f"{name}.json: the front-end's API graph differs from the one the tests run"
 
 
+@needs_browser
 def test_browser_queues_image_variation_and_shows_the_image(page, hosts):
     server = hosts.get()
     workflow = copy.deepcopy(WORKFLOWS[MAIN])

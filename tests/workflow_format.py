@@ -48,14 +48,12 @@ def combo_options(type_, options):
 
 def extra_widget_values(name, type_, options):
     """How many values the front-end serialises after this widget for widgets it adds itself."""
-    extra = 0
-    if type_ == "INT" and (name in SEED_NAMES or options.get("control_after_generate")):
-        extra += 1
-    elif options.get("control_after_generate"):
-        extra += 1
-    if any(options.get(key) for key in UPLOAD_OPTIONS):
-        extra += 1
-    return extra
+    return int(has_control_after_generate(name, type_, options)) + int(any(options.get(k) for k in UPLOAD_OPTIONS))
+
+
+def has_control_after_generate(name, type_, options):
+    """The front-end adds a control_after_generate combo after seed inputs and inputs that ask for one."""
+    return bool(options.get("control_after_generate")) or (type_ == "INT" and name in SEED_NAMES)
 
 
 def widget_values_by_name(node, info):
