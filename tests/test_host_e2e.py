@@ -3,40 +3,22 @@ CheckpointLoaderSimple -> LoadIPAdapter / EncodeImagePrompt / ApplyIPAdapter -> 
 with model files the test writes (random weights, real SD1.5 / ViT-H layouts)."""
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import HOST, NO_HOST_REASON, REPO
+from conftest import HOST, NO_HOST_REASON
+from host_server import comfy_server, prepare_base, request, run_prompt
 from official_formats import write_random_adapter
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(port, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
 def server(model_files, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
+    prepare_base(base)
     models = base / "models"
     for sub in ("checkpoints", "clip_vision", "ipadapter"):
         (models / sub).mkdir(parents=True)
@@ -44,35 +26,10 @@ def server(model_files, tmp_path_factory):
     os.symlink(model_files["vit_h"], models / "clip_vision" / "vit-h-random.safetensors")
     for stem in ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sd15_vit-G"):
         write_random_adapter(models / "ipadapter" / f"{stem}.safetensors", stem, seed=len(stem))
-    (base / "custom_nodes").mkdir()
-    os.symlink(REPO, base / "custom_nodes" / "ipadapter_suite")
-    (base / "input").mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(base / "input" / "ref.png")
-
-    port = _free_port()
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, str(HOST / "main.py"), "--cpu", "--listen", "127.0.0.1",
-                             "--port", str(port), "--base-directory", str(base)],
-                            cwd=str(HOST), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                _request(port, "/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
-                time.sleep(1)
-        yield {"port": port, "base": base, "log": base / "server.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with comfy_server(base) as srv:
+        yield srv
 
 
 def _graph(ipadapter_name, weight=1.0):
@@ -97,19 +54,8 @@ def _graph(ipadapter_name, weight=1.0):
     }
 
 
-def _run(port, graph, timeout=600):
-    prompt_id = _request(port, "/prompt", {"prompt": graph})["prompt_id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = _request(port, f"/history/{prompt_id}")
-        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-            return history[prompt_id]
-        time.sleep(1)
-    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-
 def test_nodes_register_without_import_errors(server):
-    info = _request(server["port"], "/object_info")
+    info = request(server["port"], "/object_info")
     for node in ("LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter"):
         assert node in info, f"{node} not registered"
     assert info["ApplyIPAdapter"]["output"] == ["MODEL"]
@@ -121,7 +67,7 @@ def test_nodes_register_without_import_errors(server):
 
 @pytest.mark.parametrize("adapter", ["ip-adapter_sd15.safetensors", "ip-adapter-plus_sd15.safetensors"])
 def test_graph_writes_an_image(server, adapter):
-    result = _run(server["port"], _graph(adapter))
+    result = run_prompt(server["port"], _graph(adapter))
     assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000]
     images = result["outputs"]["12"]["images"]
     path = server["base"] / "output" / images[0].get("subfolder", "") / images[0]["filename"]
@@ -131,7 +77,7 @@ def test_graph_writes_an_image(server, adapter):
 
 
 def test_wrong_encoder_fails_before_sampling_with_the_fix(server):
-    result = _run(server["port"], _graph("ip-adapter_sd15_vit-G.safetensors"))
+    result = run_prompt(server["port"], _graph("ip-adapter_sd15_vit-G.safetensors"))
     assert result["status"]["status_str"] == "error"
     messages = json.dumps(result["status"]["messages"])
     assert "ViT-bigG/14" in messages and "Load CLIP Vision" in messages

@@ -1,0 +1,101 @@
+"""Every file a shipped workflow names, keyed by its standard file name: the host folder it goes in and how a test
+makes a random-weight (or generated) stand-in with the real layout. A workflow added to ``workflows/`` gets its
+files from here without any test being edited; a name missing here fails ``test_every_named_file_has_a_maker``.
+
+A maker is called as ``maker(path, session_files)``; ``session_files`` is the ``model_files`` fixture (the SD1.5
+checkpoint and ViT-H file written once per test session), which makers link to instead of writing again.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+import host_models
+from official_formats import OFFICIAL, write_random_adapter
+
+# Strings in a workflow that look like a file name: each must have an entry below.
+FILE_NAME = re.compile(r"^[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|png|jpe?g|webp)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    folder: str  # under the host's base directory: "models/<folder>" or "input"
+    maker: callable
+    host_args: tuple = field(default=())  # host options a run with this file needs (memory), e.g. fp8 UNet
+
+
+def _shared(key):
+    def make(path, session_files):
+        os.symlink(session_files[key], path)
+    return make
+
+
+def _adapter(stem):
+    def make(path, session_files):
+        write_random_adapter(path, stem, seed=len(stem))
+    return make
+
+
+def _sdxl(path, session_files):
+    host_models.make_sdxl_checkpoint(str(path), seed=0)
+
+
+def _controlnet(path, session_files):
+    host_models.make_controlnet_sd15(str(path), seed=0)
+
+
+def _image(seed, hole=False):
+    """A 64 x 64 noise PNG; with ``hole``, RGBA with a transparent square (LoadImage's MASK is 1 there)."""
+    def make(path, session_files):
+        pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+        pixels[..., 3] = 255
+        if hole:
+            pixels[16:48, 16:48, 3] = 0
+        Image.fromarray(pixels if hole else pixels[..., :3]).save(path)
+    return make
+
+
+REGISTRY = {
+    "v1-5-pruned-emaonly.safetensors": ModelFile("models/checkpoints", _shared("sd15")),
+    # Real size (2.6B-parameter UNet), stored in fp8; the host keeps its UNet in fp8 (fp32 compute) so that a
+    # test run needs 2.6 GB of memory for it instead of 10 GB.
+    "sd_xl_base_1.0.safetensors": ModelFile("models/checkpoints", _sdxl, host_args=("--fp8_e4m3fn-unet",)),
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ModelFile("models/clip_vision", _shared("vit_h")),
+    "control_v11p_sd15_canny_fp16.safetensors": ModelFile("models/controlnet", _controlnet),
+    "example.png": ModelFile("input", _image(0)),
+    "example_style.png": ModelFile("input", _image(1)),
+    "example_scene.png": ModelFile("input", _image(2, hole=True)),
+}
+REGISTRY.update({f"{stem}.safetensors": ModelFile("models/ipadapter", _adapter(stem)) for stem in OFFICIAL})
+
+
+def named_files(workflow):
+    """The file-like strings among a UI workflow's widget values (notes excluded)."""
+    names = set()
+    for node in workflow["nodes"]:
+        values = node.get("widgets_values") or []
+        values = values.values() if isinstance(values, dict) else values
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        names.update(v for v in values if isinstance(v, str) and FILE_NAME.match(v))
+    return names
+
+
+def provide(names, base, session_files, cache):
+    """Put each named file in the host base directory ``base``; files made once are linked from ``cache``."""
+    for name in sorted(names):
+        entry = REGISTRY[name]
+        target = base / entry.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            continue
+        made = cache / name
+        if not made.exists():
+            entry.maker(made, session_files)
+        os.symlink(os.path.realpath(made), target)
+
+
+def host_args(names):
+    return tuple(sorted({arg for name in names if name in REGISTRY for arg in REGISTRY[name].host_args}))
