@@ -10,13 +10,14 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 import host_models
 from official_formats import OFFICIAL, write_random_adapter
 
 # Strings in a workflow that look like a file name: each must have an entry below.
-FILE_NAME = re.compile(r"^[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|png|jpe?g|webp)$", re.IGNORECASE)
+FILE_NAME = re.compile(r"^(?:[^/\\]+/)?[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|png|jpe?g|webp)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,18 @@ def _controlnet(path, session_files):
     host_models.make_controlnet_sd15(str(path), seed=0)
 
 
-def _image(seed, hole=False):
-    """A 64 x 64 noise PNG; with ``hole``, RGBA with a transparent square (LoadImage's MASK is 1 there)."""
+def _saved_prompt(path, session_files):
+    """What Save Image Prompt writes for one image encoded with ViT-H/14 (random features of the real shapes)."""
+    from ipadapter_core import ImagePrompt, save_image_prompt
+    g = torch.Generator().manual_seed(0)
+    embeds, hidden = torch.randn(1, 1024, generator=g), torch.randn(1, 257, 1280, generator=g)
+    save_image_prompt(path, ImagePrompt(embeds, hidden, torch.zeros_like(embeds), torch.randn(1, 257, 1280, generator=g)))
+
+
+def _image(seed, hole=False, width=64):
+    """A noise PNG 64 px high; with ``hole``, RGBA with a transparent square (LoadImage's MASK is 1 there)."""
     def make(path, session_files):
-        pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+        pixels = np.random.default_rng(seed).integers(0, 256, (64, width, 4), dtype=np.uint8)
         pixels[..., 3] = 255
         if hole:
             pixels[16:48, 16:48, 3] = 0
@@ -67,6 +76,8 @@ REGISTRY = {
     "example.png": ModelFile("input", _image(0)),
     "example_style.png": ModelFile("input", _image(1)),
     "example_scene.png": ModelFile("input", _image(2, hole=True)),
+    "example_wide.png": ModelFile("input", _image(3, width=160)),
+    "image_prompts/example_prompt.safetensors": ModelFile("input", _saved_prompt),
 }
 REGISTRY.update({f"{stem}.safetensors": ModelFile("models/ipadapter", _adapter(stem)) for stem in OFFICIAL})
 
@@ -92,6 +103,7 @@ def provide(names, base, session_files, cache):
         if target.exists():
             continue
         made = cache / name
+        made.parent.mkdir(parents=True, exist_ok=True)
         if not made.exists():
             entry.maker(made, session_files)
         os.symlink(os.path.realpath(made), target)

@@ -175,6 +175,156 @@ Model files:
 {files_md("models/checkpoints/" + SDXL, "models/clip_vision/" + VITH, "models/ipadapter/ip-adapter_sdxl_vit-h.safetensors")}
 """, "ipadapter/sdxl_vit_h")
 
+# ------------------------------------------------------------------------------------------- controls
+PLUS15 = "ip-adapter-plus_sd15.safetensors"
+BASE15 = "ip-adapter_sd15.safetensors"
+
+
+def control_graph(adapter, note, prefix, apply_type="ApplyIPAdapter", apply_widgets=None, encode_widgets=None,
+                  image="example.png", batch=1, text="best quality", extra_nodes=(), extra_links=(), encoder=True):
+    """The SD1.5 image-prompt graph of the control workflows: one adapter, one Apply node, text, sampler, save."""
+    nodes, links = base_graph(SD15, adapter, 1.0, text, "blurry, low quality", 512, note, prefix)
+    for x in nodes:
+        if x["id"] == "apply":
+            x["type"] = apply_type
+            x["widgets"] = {"weight": 1.0, "start_at": 0.0, "end_at": 1.0, **(apply_widgets or {})}
+        if x["id"] == "encode" and encode_widgets:
+            x["widgets"] = dict(encode_widgets)
+        if x["id"] == "ref":
+            x["widgets"] = {"image": image}
+        if x["id"] == "latent":
+            x["widgets"]["batch_size"] = batch
+    if not encoder:
+        nodes = [x for x in nodes if x["id"] not in ("clipvision", "ref", "encode")]
+        links = [l for l in links if l[0] not in ("clipvision", "ref", "encode")]
+    return nodes + list(extra_nodes), links + list(extra_links)
+
+
+WORKFLOWS["style_transfer"] = control_graph(PLUS15, f"""## Style transfer (per-layer weights)
+
+The reference image's style without its layout: **Apply IP-Adapter (Advanced)** with the `style transfer` preset puts
+the image prompt on the style layers only (SDXL: output block 1, as InstantStyle; SD1.5: input 1, 2, 4, 5 and output
+5–11). Also try `composition`, `style and composition` (with `composition_weight`), the `ease` curves over depth, or
+`custom` with entries like `output 1=1.0, input 8=0.5`; `weight_curve` shapes the weight between start_at and end_at.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/style_transfer", "ApplyIPAdapterAdvanced",
+    {"layer_weights": "style transfer", "weight_curve": "constant"}, text="a cat sitting on a chair, best quality")
+
+n, l = control_graph(BASE15, f"""## Regional image prompts (attention masks)
+
+Two image prompts, each confined to one half of the picture by `attn_mask`: the first reference acts on the left, the
+second (**Load Image (right)**) on the right. The masks here come from **Solid Mask**, **Mask Composite** and **Invert
+Mask**; any MASK works, for example one painted in the mask editor. Each mask is resized to every layer's latent grid.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/regional_masks", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (right)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+    dict(id="blank", type="SolidMask", col=0, widgets={"value": 0.0, "width": 512, "height": 512}),
+    dict(id="half", type="SolidMask", col=0, widgets={"value": 1.0, "width": 256, "height": 512}),
+    dict(id="left", type="MaskComposite", col=1, widgets={"x": 0, "y": 0, "operation": "add"}),
+    dict(id="right", type="InvertMask", col=1),
+    dict(id="apply2", type="ApplyIPAdapter", col=2, widgets={"weight": 1.0, "start_at": 0.0, "end_at": 1.0},
+         title="Apply IP-Adapter (right)"),
+])
+for x in n:
+    if x["id"] == "apply": x["title"] = "Apply IP-Adapter (left)"
+l = [x for x in l if not (x[2] == "sampler" and x[3] == "model")]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("blank", "MASK", "left", "destination"), ("half", "MASK", "left", "source"), ("left", "MASK", "right", "mask"),
+      ("left", "MASK", "apply", "attn_mask"), ("apply", "MODEL", "apply2", "model"),
+      ("ipadapter", "IPADAPTER", "apply2", "ipadapter"), ("encode2", "IMAGE_PROMPT", "apply2", "image_prompt"),
+      ("right", "MASK", "apply2", "attn_mask"), ("apply2", "MODEL", "sampler", "model")]
+WORKFLOWS["regional_masks"] = (n, l)
+
+n, l = control_graph(BASE15, f"""## Several reference images (Combine Image Prompts)
+
+Two references merged into one image prompt by **Combine Image Prompts**: `weighted average` (one weight per image in
+`weights`, here `1.0, 0.5`), `average` (mean features) or `concat` (every image's tokens side by side).
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/combine_images", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (second)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+    dict(id="combine", type="CombineImagePrompts", col=2, widgets={"method": "weighted average", "weights": "1.0, 0.5"}),
+])
+l = [x for x in l if x[2:] != ("apply", "image_prompt")]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("encode", "IMAGE_PROMPT", "combine", "image_prompt"), ("encode2", "IMAGE_PROMPT", "combine", "image_prompt_2"),
+      ("combine", "IMAGE_PROMPT", "apply", "image_prompt")]
+WORKFLOWS["combine_images"] = (n, l)
+
+WORKFLOWS["noise_negative"] = control_graph(PLUS15, f"""## Noise negative image
+
+**Image Prompt Noise** degrades the reference towards noise and feeds it to `negative_image`: CFG's uncond pass then
+steers away from a noisy copy of the reference instead of the default (mean grey), which often gives cleaner, less
+over-saturated results. Kinds: fade, dissolve, gaussian, shuffle.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/noise_negative", extra_nodes=[
+    dict(id="noise", type="ImagePromptNoise", col=1,
+         widgets={"kind": "fade", "strength": 0.6, "seed": 0, "control_after_generate": "fixed"}),
+], extra_links=[("ref", "IMAGE", "noise", "image"), ("noise", "IMAGE", "encode", "negative_image")])
+
+n, l = control_graph(BASE15, f"""## Batch unfold (one reference per frame)
+
+A batch of reference images (two here, joined by **Batch Images**) and a batch of as many latents: with
+`unfold_batch` on, image i conditions latent i, as for animation frames (with more latents than images the last
+image repeats). Encode Image Prompt's `batch_size` keeps memory flat for long frame sequences.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/batch_unfold", "ApplyIPAdapterAdvanced", {"unfold_batch": True}, batch=2, extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=0, widgets={"image": "example_style.png"}, title="Load Image (frame 2)",
+         size=[320, 380]),
+    dict(id="batch", type="ImageBatch", col=1),
+])
+l = [x for x in l if x[2:] != ("encode", "image")]
+l += [("ref", "IMAGE", "batch", "image1"), ("ref2", "IMAGE", "batch", "image2"), ("batch", "IMAGE", "encode", "image")]
+WORKFLOWS["batch_unfold"] = (n, l)
+
+WORKFLOWS["non_square_fit"] = control_graph(BASE15, f"""## Non-square reference (fit)
+
+Encode Image Prompt's `fit` decides what a non-square reference becomes before the encoder's square input: `pad` keeps
+the whole picture (padded with the encoder's mean colour), `center crop`, `top/left crop` and `bottom/right crop` keep
+a square of the short side, `squash` resizes without keeping the aspect ratio.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/non_square_fit", encode_widgets={"fit": "pad", "batch_size": 8}, image="example_wide.png")
+
+WORKFLOWS["save_image_prompt"] = control_graph(BASE15, f"""## Save an image prompt
+
+**Save Image Prompt** writes the encoded image prompt to `output/image_prompts/`, so that an expensive encode (many
+frames, a large encoder) is done once; **Load Image Prompt** reads it back bit for bit (workflow
+`load_image_prompt`).
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/save_image_prompt", extra_nodes=[
+    dict(id="saveprompt", type="SaveImagePrompt", col=2, widgets={"filename_prefix": "example_prompt"}),
+], extra_links=[("encode", "IMAGE_PROMPT", "saveprompt", "image_prompt")])
+
+WORKFLOWS["load_image_prompt"] = control_graph(BASE15, f"""## Load a saved image prompt
+
+**Load Image Prompt** reuses an image prompt saved by Save Image Prompt (from `output/image_prompts/`, or a file put
+in `input/image_prompts/`): no CLIP vision model and no encode, and the same output as the original prompt.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/ipadapter/" + BASE15, "input/image_prompts/example_prompt.safetensors")}
+""", "ipadapter/load_image_prompt", encoder=False, extra_nodes=[
+    dict(id="loadprompt", type="LoadImagePrompt", col=1,
+         widgets={"prompt_file": "image_prompts/example_prompt.safetensors"}),
+], extra_links=[("loadprompt", "IMAGE_PROMPT", "apply", "image_prompt")])
+
+
 JS = """(spec) => {
   app.graph.clear();
   const made = {}, tops = {};
