@@ -1,6 +1,6 @@
 """Training throughput and peak memory, as ratios against a baseline measured in the same run.
 
-    python benchmarks/bench_training.py [--config tiny|sd15|both] [--size 256] [--batch 1] [--steps 3]
+    python benchmarks/bench_training.py [--config tiny|sd15|both] [--size 256] [--batch 1] [--steps 3] [--dtype bf16]
 
 Three ways to run the same training step (adapter inside the host UNet through the nodes' patch, epsilon MSE,
 AdamW), each in its own process so that its peak memory (max RSS, or CUDA peak) is its own:
@@ -9,7 +9,8 @@ AdamW), each in its own process so that its peak memory (max RSS, or CUDA peak) 
   cached         this trainer from the pre-encode cache: only the bf16 UNet is loaded.
 ``tiny``: the tests' tiny models at 64 px. ``sd15``: random-weight, real-size SD1.5 + ViT-H/14 files (written
 once to a temporary folder with the test helpers) at --size px. Targets: cached >= 1.5x the re-encoding loop's
-samples/s, peak memory <= 0.6x. Prints a table; asserts nothing. Needs the ComfyUI host.
+samples/s, peak memory <= 0.6x. ``--dtype fp32`` stores this trainer's frozen models in fp32 too (on a CPU without
+fast bf16 kernels, small models train faster in fp32). Prints a table; asserts nothing. Needs the ComfyUI host.
 """
 import argparse
 import json
@@ -33,9 +34,12 @@ def _setup_paths():
             sys.path.append(str(path))
 
 
-def frozen_models(config: str, mode: str, files: dict, cache: Path):
+STORAGE = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def frozen_models(config: str, mode: str, files: dict, cache: Path, storage: str = "bf16"):
     from training.frozen import load_frozen
-    dtype = None if mode == "reencode-fp32" else torch.bfloat16
+    dtype = None if mode == "reencode-fp32" else STORAGE[storage]
     if config == "tiny":
         from training_models import tiny_sd15
         return tiny_sd15().to("cpu", dtype)
@@ -54,25 +58,26 @@ def samples(count: int, size: int):
     return [{"pixels": torch.rand(3, size, size, generator=g), "text": f"a photo number {i}"} for i in range(count)]
 
 
-def precache(config: str, files: dict, cache: Path, size: int, count: int) -> None:
+def precache(config: str, files: dict, cache: Path, size: int, count: int, storage: str) -> None:
     """Write the cache the 'cached' mode reads (not timed)."""
     from training import cache as cache_mod
-    frozen = frozen_models(config, "uncached", files, cache)
+    frozen = frozen_models(config, "uncached", files, cache, storage)
     items = samples(count, size)
-    tensors = cache_mod.encode_samples(frozen, items, "pooled", torch.bfloat16)
+    tensors = cache_mod.encode_samples(frozen, items, "pooled", STORAGE[storage] or torch.float32)
     tensors["index"] = torch.arange(count)
     cache.mkdir(parents=True, exist_ok=True)
     cache_mod._atomic_save(tensors, cache / "part-000-00000.safetensors")
     cache_mod.finish_cache(frozen, cache, {"resolution": size, "feature": "pooled"}, {})
 
 
-def worker(config: str, mode: str, files: dict, cache: Path, size: int, batch: int, steps: int) -> dict:
+def worker(config: str, mode: str, files: dict, cache: Path, size: int, batch: int, steps: int,
+           storage: str) -> dict:
     """Warm-up step, then ``steps`` timed steps; returns samples/s and this process's peak memory."""
     import torch.nn.functional as F
     from comfy.ldm.modules.attention import optimized_attention
     from training import cache as cache_mod
     from training.model import AdapterTraining, new_adapter, new_spec
-    frozen = frozen_models(config, mode, files, cache)
+    frozen = frozen_models(config, mode, files, cache, storage)
     device = frozen.base_model.diffusion_model.parameters().__next__().device
     module = AdapterTraining(new_adapter(frozen, new_spec(frozen, "base"), 0), frozen.base_model,
                              optimized_attention).to(device)
@@ -113,13 +118,13 @@ def run_worker(*args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(config: str, files: dict, root: Path, size: int, batch: int, steps: int) -> dict:
+def bench(config: str, files: dict, root: Path, size: int, batch: int, steps: int, storage: str) -> dict:
     cache = root / f"cache-{config}"
-    run_worker("precache", config, json.dumps({k: str(v) for k, v in files.items()}), cache, size, batch, steps)
+    named = json.dumps({k: str(v) for k, v in files.items()})
+    run_worker("precache", config, named, cache, size, batch, steps, storage)
     results = {}
     for mode in MODES:
-        results[mode] = run_worker(mode, config, json.dumps({k: str(v) for k, v in files.items()}), cache, size,
-                                   batch, steps)
+        results[mode] = run_worker(mode, config, named, cache, size, batch, steps, storage)
         print(f"  {config:5s} {mode:14s} {results[mode]['samples_per_s']:8.3f} samples/s "
               f"{results[mode]['peak_bytes'] / 2**30:7.2f} GiB peak", flush=True)
     return results
@@ -141,19 +146,21 @@ def main():
     p.add_argument("--size", type=int, default=256, help="training resolution of the sd15 config (px)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", choices=tuple(STORAGE), default="bf16",
+                   help="storage dtype of this trainer's frozen models (the baseline loop is always fp32)")
+    p.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args()
     _setup_paths()
     from conftest import import_host
     import_host()
     if args.worker:
-        mode, config, files, cache, size, batch, steps = args.worker
+        mode, config, files, cache, size, batch, steps, storage = args.worker
         files, cache, size, batch, steps = json.loads(files), Path(cache), int(size), int(batch), int(steps)
         if mode == "precache":
-            precache(config, files, cache, size, batch)
+            precache(config, files, cache, size, batch, storage)
             print(json.dumps({}))
         else:
-            print(json.dumps(worker(config, mode, files, cache, size, batch, steps)))
+            print(json.dumps(worker(config, mode, files, cache, size, batch, steps, storage)))
         return
     root = Path(tempfile.mkdtemp(prefix="bench-training-"))
     try:
@@ -166,8 +173,9 @@ def main():
                 host_models.make_sd15_checkpoint(str(files["sd15"]), seed=0)
                 host_models.make_clip_vision_vit_h(str(files["vit_h"]), seed=0)
             size = 64 if config == "tiny" else args.size
-            print(f"{config}: {size} px, batch {args.batch}, {args.steps} timed steps after one warm-up", flush=True)
-            report(config, bench(config, files, root, size, args.batch, args.steps))
+            print(f"{config}: {size} px, batch {args.batch}, {args.steps} timed steps after one warm-up, frozen "
+                  f"models stored in {args.dtype}", flush=True)
+            report(config, bench(config, files, root, size, args.batch, args.steps, args.dtype))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
