@@ -4,37 +4,31 @@ The host is looked for in ``$COMFYUI_PATH``, then ``$HOME/ComfyUI``, then ``../.
 ``ComfyUI/custom_nodes/``. Tests that need it use the ``host`` fixture (or the ``needs_host`` mark); where no host
 is found they are reported as skipped with that reason, never passed.
 """
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    # Appended, not prepended: the host's top-level `nodes` module must win over our `nodes/` package.
+    sys.path.append(str(REPO))
+
+from training.hosting import HostNotFoundError, find_comfyui as find_host  # noqa: E402  (standard library only)
 
 
 def find_comfyui():
-    """Return the ComfyUI root folder, or None."""
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]))
-    candidates.append(Path.home() / "ComfyUI")
-    if REPO.parent.name == "custom_nodes":
-        candidates.append(REPO.parent.parent)
-    for path in candidates:
-        if (path / "comfy" / "model_patcher.py").is_file():
-            return path.resolve()
-    return None
+    """Return the ComfyUI root folder, or None (the same search as the training entry points)."""
+    try:
+        return find_host()
+    except HostNotFoundError:
+        return None
 
 
 HOST = find_comfyui()
 NO_HOST_REASON = ("ComfyUI host not found (looked in $COMFYUI_PATH, $HOME/ComfyUI and ../.. from custom_nodes): "
                   "host tests skipped; see README.md, 'Tests'")
 needs_host = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
-
-if str(REPO) not in sys.path:
-    # Appended, not prepended: the host's top-level `nodes` module must win over our `nodes/` package.
-    sys.path.append(str(REPO))
 
 
 def import_host():
