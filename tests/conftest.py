@@ -51,17 +51,11 @@ def host():
 
 
 def import_extension():
-    """Import this repository as the host imports a custom node package (relative imports and all)."""
-    import importlib.util
+    """Import this repository as the host imports a custom node package (relative imports and all), once per
+    process (the training entry points' importer, so tests and training share one set of node classes)."""
+    from training.hosting import import_extension as import_package
     import_host()
-    name = "ipadapter_suite_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return import_package(str(HOST))
 
 
 @pytest.fixture(scope="session")
