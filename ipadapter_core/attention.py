@@ -73,9 +73,9 @@ def branches_from_tokens(adapter: IPAdapterModel, cond_tokens: torch.Tensor, unc
                          weight: float, sigma_range: tuple[float, float] | None = None,
                          layers=None) -> dict[int, Branch]:
     """Tokens (P, N, C) for cond and uncond rows -> {layer N: Branch}, for every layer or those in ``layers``.
-    Differentiable (training uses it)."""
+    Differentiable (training uses it, passing one tensor for both: its keys/values are then computed once)."""
     kv_cond = adapter.layer_keys_values(cond_tokens, layers)
-    kv_uncond = adapter.layer_keys_values(uncond_tokens, layers)
+    kv_uncond = kv_cond if uncond_tokens is cond_tokens else adapter.layer_keys_values(uncond_tokens, layers)
     return {n: Branch(*kv_cond[n], *kv_uncond[n], weight=weight, sigma_range=sigma_range) for n in kv_cond}
 
 
