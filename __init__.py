@@ -1,10 +1,10 @@
-"""IP-Adapter for ComfyUI: entry point the host imports from custom_nodes/."""
-import importlib.util
+"""IP-Adapter for ComfyUI: the entry point the host imports from custom_nodes/ (its V3 extension API).
 
-if importlib.util.find_spec("folder_paths") is None:
-    # Imported outside ComfyUI (pytest imports this package while collecting tests/): no host to register with.
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
-else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+Nothing is imported at package import: tests, benchmarks and the training commands import this package without
+ComfyUI (launch.py); the nodes are imported when the host asks for them.
+"""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+async def comfy_entrypoint():
+    from .nodes import extension
+    return extension()

@@ -24,18 +24,20 @@ ENCODER = {"hidden_size": 256, "image_size": 224, "intermediate_size": 1024, "nu
 
 def measure(frames: int, batch_size: int) -> dict:
     """In this process: peak RSS growth (MiB) of one encode of ``frames`` frames, and the output's size."""
-    sys.path.append(str(REPO / "tests"))
+    sys.path += [str(REPO), str(REPO / "tests")]  # launch.py; the tests' model builders
     import torch
-    from conftest import import_extension
+    import launch
+    launch.import_host(cpu=True)
     from host_models import tiny_clip_vision
-    ext = import_extension()
+    ext = launch.import_extension()
+    launch.submodule("host.vision")
     torch.manual_seed(0)
     clip_vision = tiny_clip_vision(tempfile.mkdtemp(), seed=0, **ENCODER)
     images = torch.rand(frames, 64, 64, 3)
-    ext.nodes.host.zero_image_hidden(clip_vision)  # the once-per-encoder uncond, outside the measurement
+    ext.host.vision.zero_image_hidden(clip_vision)  # the once-per-encoder uncond, outside the measurement
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.inference_mode():
-        prompt = ext.nodes.host.encode_image_prompt(clip_vision, images, batch_size=batch_size)
+        prompt = ext.host.vision.encode_image_prompt(clip_vision, images, batch_size=batch_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     output = prompt.embeds.nbytes + prompt.hidden.nbytes  # the uncond rows are views of one zero-image encode
     return {"peak_mib": (peak - before) / 1024, "output_mib": output / 2**20}

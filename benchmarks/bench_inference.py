@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "tests"))
+sys.path += [str(REPO), str(REPO / "tests")]  # launch.py; the tests' model builders (host_models, official_formats)
 
-from conftest import import_extension, import_host  # noqa: E402
+import launch  # noqa: E402
 
 
 def median_time(fn, repeat):
@@ -90,15 +90,15 @@ def run():
     parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     args = parser.parse_args()
 
-    import_host()
+    launch.import_host(cpu=not torch.cuda.is_available())
     import comfy.clip_vision
     import comfy.model_management
     import comfy.sd
     from host_models import make_clip_vision_vit_h, make_sd15_checkpoint
     from official_formats import write_random_adapter
 
-    ext = import_extension()
-    glue = ext.nodes.host
+    ext = launch.import_extension()
+    glue = ext.host
     tmp = Path(tempfile.mkdtemp(prefix="ipadapter-bench-"))
     try:
         make_sd15_checkpoint(str(tmp / "sd15.safetensors"))
@@ -108,7 +108,7 @@ def run():
         model = comfy.sd.load_checkpoint_guess_config(str(tmp / "sd15.safetensors"), output_vae=False,
                                                       output_clip=False)[0]
         clip_vision = comfy.clip_vision.load(str(tmp / "vit-h.safetensors"))
-        adapters = {kind: glue.load_adapter(str(tmp / f"{kind}.safetensors")) for kind in ("base", "plus")}
+        adapters = {kind: glue.files.load_adapter(str(tmp / f"{kind}.safetensors")) for kind in ("base", "plus")}
         device = comfy.model_management.get_torch_device()
         print(f"device {device}, torch threads {torch.get_num_threads()}, image {args.size}px, "
               f"{args.steps} timed steps per configuration")
@@ -118,10 +118,10 @@ def run():
         clip_vision.encode_image(image)  # warm-up: weights loaded
         t_plain = median_time(lambda: clip_vision.encode_image(image), 3)
         start = time.perf_counter()
-        prompt = glue.encode_image_prompt(clip_vision, image)
+        prompt = glue.vision.encode_image_prompt(clip_vision, image)
         t_first = time.perf_counter() - start
-        t_next = median_time(lambda: glue.encode_image_prompt(clip_vision, torch.rand(1, args.size, args.size, 3)), 3)
-        t_apply = {k: median_time(lambda a=a: glue.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0), 3)
+        t_next = median_time(lambda: glue.vision.encode_image_prompt(clip_vision, torch.rand(1, args.size, args.size, 3)), 3)
+        t_apply = {k: median_time(lambda a=a: glue.patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0), 3)
                    for k, a in adapters.items()}
 
         # 1. step time, interleaved
@@ -131,7 +131,7 @@ def run():
         contexts = [torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)]
         sigma = torch.tensor([1.0], device=device)
         models = {"unpatched": model}
-        models.update({k: glue.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0) for k, a in adapters.items()})
+        models.update({k: glue.patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0) for k, a in adapters.items()})
         steps = {k: step_fn(m, x, sigma, build_conds(m, x, contexts)) for k, m in models.items()}
         for fn in steps.values():
             fn()  # warm-up

@@ -38,13 +38,13 @@ STORAGE = {"bf16": torch.bfloat16, "fp32": None}
 
 
 def frozen_models(config: str, mode: str, files: dict, cache: Path, storage: str = "bf16"):
-    from training.frozen import load_frozen
+    from ipadapter_suite.training.frozen import load_frozen
     dtype = None if mode == "reencode-fp32" else STORAGE[storage]
     if config == "tiny":
         from training_models import tiny_sd15
         return tiny_sd15().to("cpu", dtype)
     if mode == "cached":
-        from training import cache as cache_mod
+        from ipadapter_suite.training import cache as cache_mod
         frozen = load_frozen(files["sd15"], None, dtype, encoders=False)
         frozen.with_cache_widths(cache_mod.load_meta(cache)["embed_width"], cache_mod.zero_image_hidden(cache))
     else:
@@ -60,13 +60,13 @@ def samples(count: int, size: int):
 
 def precache(config: str, files: dict, cache: Path, size: int, count: int, storage: str) -> None:
     """Write the cache the 'cached' mode reads (not timed)."""
-    from training import cache as cache_mod
+    from ipadapter_suite.training import cache as cache_mod
     frozen = frozen_models(config, "uncached", files, cache, storage)
     items = samples(count, size)
     tensors = cache_mod.encode_samples(frozen, items, "pooled", STORAGE[storage] or torch.float32)
     tensors["index"] = torch.arange(count)
     cache.mkdir(parents=True, exist_ok=True)
-    cache_mod._atomic_save(tensors, cache / "part-000-00000.safetensors")
+    cache_mod.save_tensors(tensors, cache / "part-000-00000.safetensors")
     cache_mod.finish_cache(frozen, cache, {"resolution": size, "feature": "pooled"}, {})
 
 
@@ -75,8 +75,8 @@ def worker(config: str, mode: str, files: dict, cache: Path, size: int, batch: i
     """Warm-up step, then ``steps`` timed steps; returns samples/s and this process's peak memory."""
     import torch.nn.functional as F
     from comfy.ldm.modules.attention import optimized_attention
-    from training import cache as cache_mod
-    from training.model import AdapterTraining, new_adapter, new_spec
+    from ipadapter_suite.training import cache as cache_mod
+    from ipadapter_suite.training.model import AdapterTraining, new_adapter, new_spec
     frozen = frozen_models(config, mode, files, cache, storage)
     device = frozen.base_model.diffusion_model.parameters().__next__().device
     module = AdapterTraining(new_adapter(frozen, new_spec(frozen, "base"), 0), frozen.base_model,
@@ -151,8 +151,9 @@ def main():
     p.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args()
     _setup_paths()
-    from conftest import import_host
-    import_host()
+    import launch
+    launch.import_host()
+    launch.import_extension()  # the package ``ipadapter_suite``: its training modules by name
     if args.worker:
         mode, config, files, cache, size, batch, steps, storage = args.worker
         files, cache, size, batch, steps = json.loads(files), Path(cache), int(size), int(batch), int(steps)

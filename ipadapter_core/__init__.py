@@ -1,25 +1,28 @@
 """Pure-torch IP-Adapter core: weight formats, projection models, the decoupled attention.
 
-Never imports the host (ComfyUI) or training libraries: the glue in ``nodes/`` passes host kernels in.
+Never imports the host (ComfyUI) or training libraries: the glue in ``host/`` passes host kernels in.
 """
 from .adapter import IPAdapterModel, IPLayer, build_projection
 from .attention import Branch, IPAttentionPatch, branches_from_tokens, build_branches, sdpa_attention
-from .errors import (AdapterFileError, EncoderMismatchError, IPAdapterError, ModelMismatchError,
+from .checks import (check_filename_prefix, check_images, check_mask, choice, finite_number, finite_tensors,
+                     number_list)
+from .errors import (AdapterFileError, EncoderMismatchError, InputError, IPAdapterError, ModelMismatchError,
                      UnsupportedAdapterError)
 from .image_ops import FIT_MODES, NOISE_KINDS, noise_image, square_images
 from .image_prompt import COMBINE_METHODS, ImagePrompt, combine_prompts, with_default_uncond
 from .layers import FAMILY_CONTEXT_DIM, FAMILY_NAMES, LAYOUTS, LayerSite, family_for_layers
-from .presets import CURVES, LAYER_PRESETS, curve_values, layer_weights
+from .presets import CURVES, LAYER_PRESETS, check_custom_weights, curve_values, layer_weights
 from .spec import AdapterSpec, detect_spec
-from .weights import (load_adapter_file, load_image_prompt, read_adapter_file, save_adapter_file,
+from .weights import (atomic_write, load_adapter_file, load_image_prompt, read_adapter_file, save_adapter_file,
                       save_image_prompt)
 
 __all__ = [
     "AdapterFileError", "AdapterSpec", "Branch", "COMBINE_METHODS", "CURVES", "EncoderMismatchError",
     "FAMILY_CONTEXT_DIM", "FAMILY_NAMES", "FIT_MODES", "IPAdapterError", "IPAdapterModel", "IPAttentionPatch",
-    "IPLayer", "ImagePrompt", "LAYER_PRESETS", "LAYOUTS", "LayerSite", "ModelMismatchError", "NOISE_KINDS",
-    "UnsupportedAdapterError", "branches_from_tokens", "build_branches", "build_projection", "combine_prompts",
-    "curve_values", "detect_spec", "family_for_layers", "layer_weights", "load_adapter_file", "load_image_prompt",
-    "noise_image", "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention",
-    "square_images", "with_default_uncond",
+    "IPLayer", "ImagePrompt", "InputError", "LAYER_PRESETS", "LAYOUTS", "LayerSite", "ModelMismatchError",
+    "NOISE_KINDS", "UnsupportedAdapterError", "atomic_write", "branches_from_tokens", "build_branches",
+    "build_projection", "check_custom_weights", "check_filename_prefix", "choice", "combine_prompts",
+    "curve_values", "detect_spec", "family_for_layers", "finite_number", "finite_tensors", "check_images",
+    "layer_weights", "load_adapter_file", "load_image_prompt", "check_mask", "noise_image", "number_list",
+    "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention", "square_images", "with_default_uncond"
 ]

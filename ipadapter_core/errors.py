@@ -19,3 +19,7 @@ class EncoderMismatchError(IPAdapterError):
 
 class ModelMismatchError(IPAdapterError):
     """The adapter was trained for another UNet family than the model it is applied to."""
+
+
+class InputError(IPAdapterError):
+    """A node input is unusable (empty, NaN/Inf, out of range, malformed text); the message names the input."""

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AdapterFileError, EncoderMismatchError
+from .checks import finite_number, number_list
+from .errors import AdapterFileError, EncoderMismatchError, InputError
 from .spec import ENCODERS_BY_HIDDEN_WIDTH, AdapterSpec
 
 
@@ -35,6 +36,9 @@ class ImagePrompt:
     def encoder(self) -> str:
         width = self.hidden.shape[-1]
         return ENCODERS_BY_HIDDEN_WIDTH.get(width, f"a CLIP vision model with hidden width {width}")
+
+    def named_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, getattr(self, name)) for name in _FIELDS]
 
     def features(self, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) features of the kind an adapter reads: "pooled" or "hidden"."""
@@ -71,7 +75,7 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     """
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("no image prompts to combine")
+        raise InputError("no image prompts to combine: connect image_prompt")
     shapes = {(p.embeds.shape[1:], p.hidden.shape[1:]) for p in prompts}
     if len(shapes) != 1:
         raise EncoderMismatchError("image prompts encoded with different CLIP vision models cannot be combined ("
@@ -86,17 +90,20 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     elif method == "weighted average":
         w = _normalised_weights(weights, count)
     else:
-        raise ValueError(f"unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
+        raise InputError(f"method: unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
     return ImagePrompt(*(torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts))  # (1, ...)
 
 
 def _normalised_weights(weights, count: int) -> torch.Tensor:
-    w = torch.tensor([float(x) for x in (weights or [])], dtype=torch.float64)
-    if w.shape[0] != count:
-        raise ValueError(f"weighted average needs one weight per reference image: {w.shape[0]} weights for "
-                         f"{count} images")
+    """``weights``: the node's text ('1.0, 0.5') or numbers; one per image, a non-zero sum."""
+    values = number_list("weights", weights) if isinstance(weights, str) else [
+        finite_number("weights", float(x)) for x in (weights or [])]
+    if len(values) != count:
+        raise InputError(f"weights: a weighted average needs one weight per reference image, got {len(values)} "
+                         f"for {count} images: give {count} numbers, e.g. '{', '.join(['1.0'] * count)}'")
+    w = torch.tensor(values, dtype=torch.float64)
     if w.sum() == 0:
-        raise ValueError("the weights of a weighted average sum to 0: give at least one non-zero weight")
+        raise InputError("weights sum to 0: give at least one non-zero weight (the average divides by the sum)")
     return (w / w.sum()).float()
 
 

@@ -11,7 +11,7 @@ from .errors import IPAdapterError
 from .layers import LAYOUTS, LayerSite
 
 # Block -> multiplier. SDXL: InstantStyle's blocks (style = output 1, composition = input 8). SD1.5 has no published
-# equivalent; these are the widely used heuristic (REFERENCE.md §2).
+# equivalent; these are the widely used heuristic (docs/layers.md#style-and-composition-blocks).
 STYLE_BLOCKS: dict[str, dict[tuple[str, int], float]] = {
     "sdxl": {("output", 1): 1.0},
     "sd15": {("input", 1): 1.0, ("input", 2): 1.0, ("input", 4): 1.0, ("input", 5): 1.0,
@@ -83,11 +83,11 @@ def parse_custom_weights(family: str, text: str) -> dict[int, float]:
     sites = LAYOUTS[family]
     items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
     if not items:
-        raise IPAdapterError("custom layer weights are empty: give one number per layer, or entries like "
+        raise IPAdapterError("custom_layer_weights is empty: give one number per layer, or entries like "
                              "'output 1=1.0, input 8=0.5'")
     if all("=" not in item for item in items):
         if len(items) != len(sites):
-            raise IPAdapterError(f"custom layer weights list {len(items)} numbers, but a {family} adapter has "
+            raise IPAdapterError(f"custom_layer_weights lists {len(items)} numbers, but a {family} adapter has "
                                  f"{len(sites)} layers: give one number per layer, or name=value entries")
         return {s.n: _number(item) for s, item in zip(sites, items)}
     out = {s.n: 0.0 for s in sites}
@@ -95,7 +95,7 @@ def parse_custom_weights(family: str, text: str) -> dict[int, float]:
         name, _, value = item.partition("=")
         targets = _named_layers(sites, name.strip().lower())
         if not targets:
-            raise IPAdapterError(f"custom layer weights: {name.strip()!r} names no layer of a {family} adapter "
+            raise IPAdapterError(f"custom_layer_weights: {name.strip()!r} names no layer of a {family} adapter "
                                  f"(layers {sites[0].n}..{sites[-1].n}, blocks like 'input 8', 'output 1', "
                                  "'middle')")
         out.update({n: _number(value) for n in targets})
@@ -114,9 +114,24 @@ def _named_layers(sites, name: str) -> list[int]:
 
 def _number(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise IPAdapterError(f"custom layer weights: {text.strip()!r} is not a number") from None
+        raise IPAdapterError(f"custom_layer_weights: {text.strip()!r} is not a number: give numbers like '0.5', "
+                             "or entries like 'output 1=1.0'") from None
+    if not math.isfinite(value):
+        raise IPAdapterError(f"custom_layer_weights: {text.strip()!r} is not a finite number: give finite numbers")
+    return value
+
+
+def check_custom_weights(text: str) -> None:
+    """The family-independent part of parse_custom_weights (its form and numbers), for checks before the
+    adapter is known."""
+    items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    if not items:
+        raise IPAdapterError("custom_layer_weights is empty: give one number per layer, or entries like "
+                             "'output 1=1.0, input 8=0.5'")
+    for item in items:
+        _number(item.partition("=")[2] if "=" in item else item)
 
 
 def curve_values(curve: str, points: int) -> list[float]:

@@ -4,6 +4,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+import torch
+
 from .errors import AdapterFileError, UnsupportedAdapterError
 from .layers import FAMILY_NAMES, family_for_layers
 
@@ -121,6 +123,16 @@ def _layer_widths(ip_layers: Mapping, cross_dim: int) -> tuple[tuple[int, int], 
     return tuple(layers)
 
 
+def _check_dtypes(image_proj: Mapping, ip_layers: Mapping) -> None:
+    """Every weight a floating-point tensor (an integer or bool one would fail deep inside load_state_dict)."""
+    for part, tensors in (("image_proj", image_proj), ("ip_adapter", ip_layers)):
+        for key, value in tensors.items():
+            dtype = getattr(value, "dtype", None)
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise AdapterFileError(f"'{part}.{key}' has dtype {dtype}: IP-Adapter weights are floating point "
+                                       "(fp32, fp16 or bf16); the file is damaged or not an IP-Adapter")
+
+
 def detect_spec(state_dict: Mapping) -> AdapterSpec:
     """Read an adapter's spec from ``{"image_proj": {...}, "ip_adapter": {...}}`` (tensors or anything with
     ``.shape``, meta tensors included). Raises AdapterFileError / UnsupportedAdapterError with the fix."""
@@ -128,6 +140,7 @@ def detect_spec(state_dict: Mapping) -> AdapterSpec:
         raise AdapterFileError("not an IP-Adapter: expected the two parts 'image_proj' and 'ip_adapter' "
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
+    _check_dtypes(image_proj, ip_layers)
     if _is_faceid(image_proj, ip_layers):
         raise UnsupportedAdapterError(
             "this is an IP-Adapter FaceID file: it needs an insightface face embedding, not a CLIP image "

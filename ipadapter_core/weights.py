@@ -13,6 +13,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .checks import finite_tensors
 from .errors import AdapterFileError
 from .image_prompt import PROMPT_FORMAT, ImagePrompt, prompt_from_tensors, prompt_tensors
 from .spec import AdapterSpec, detect_spec
@@ -80,9 +81,12 @@ def load_adapter_file(path) -> tuple[dict[str, dict[str, torch.Tensor]], Adapter
     """Read and check a file: the state dict and its spec, or an error that names the problem and the fix."""
     state_dict = read_adapter_file(path)
     try:
-        return state_dict, detect_spec(state_dict)
+        spec = detect_spec(state_dict)
     except AdapterFileError as exc:
         raise type(exc)(f"'{Path(path).name}': {exc}") from exc
+    finite_tensors(f"'{Path(path).name}'", ((f"{part}.{key}", value) for part in PARTS
+                                            for key, value in state_dict[part].items()))
+    return state_dict, spec
 
 
 def save_adapter_file(path, nested: dict[str, dict[str, torch.Tensor]]) -> AdapterSpec:
@@ -127,4 +131,5 @@ def load_image_prompt(path) -> ImagePrompt:
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise AdapterFileError(f"cannot read the image prompt '{path.name}' ({exc}): the file is truncated or "
                                "corrupt; encode and save it again") from exc
+    finite_tensors(f"the image prompt '{path.name}'", tensors.items(), fix="encode and save it again")
     return prompt_from_tensors(tensors, f"'{path.name}'")

@@ -1,31 +1,25 @@
-"""ComfyUI nodes: declarations only; the glue is in host.py, the math in ipadapter_core."""
-from . import host
+"""The ComfyUI nodes, on the host's V3 schema: declarations and one call each; the glue is in ../host, the math in
+../ipadapter_core. Node ids, input names, socket types and widget order are public (saved graphs use them)."""
+from ..host import files
 from .apply_ipadapter import ApplyIPAdapter, ApplyIPAdapterAdvanced
 from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
 from .image_prompt_files import LoadImagePrompt, SaveImagePrompt
 from .load_ipadapter import LoadIPAdapter
 from .noise_image import ImagePromptNoise
+from .sockets import ComfyExtension
 
-host.register_model_folder()
+files.register_model_folder()  # models/ipadapter, before any schema lists its files
 
-NODE_CLASS_MAPPINGS = {
-    "LoadIPAdapter": LoadIPAdapter,
-    "EncodeImagePrompt": EncodeImagePrompt,
-    "ApplyIPAdapter": ApplyIPAdapter,
-    "ApplyIPAdapterAdvanced": ApplyIPAdapterAdvanced,
-    "CombineImagePrompts": CombineImagePrompts,
-    "ImagePromptNoise": ImagePromptNoise,
-    "SaveImagePrompt": SaveImagePrompt,
-    "LoadImagePrompt": LoadImagePrompt,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadIPAdapter": "Load IP-Adapter",
-    "EncodeImagePrompt": "Encode Image Prompt",
-    "ApplyIPAdapter": "Apply IP-Adapter",
-    "ApplyIPAdapterAdvanced": "Apply IP-Adapter (Advanced)",
-    "CombineImagePrompts": "Combine Image Prompts",
-    "ImagePromptNoise": "Image Prompt Noise",
-    "SaveImagePrompt": "Save Image Prompt",
-    "LoadImagePrompt": "Load Image Prompt",
-}
+NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
+         ImagePromptNoise, SaveImagePrompt, LoadImagePrompt]
+NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
+
+
+class IPAdapterExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+def extension() -> IPAdapterExtension:
+    return IPAdapterExtension()

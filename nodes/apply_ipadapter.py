@@ -1,69 +1,100 @@
-"""ApplyIPAdapter and ApplyIPAdapterAdvanced: MODEL + IPADAPTER + IMAGE_PROMPT -> patched MODEL."""
-from ..ipadapter_core import CURVES, LAYER_PRESETS
-from . import host
+"""Apply IP-Adapter and Apply IP-Adapter (Advanced): MODEL + IPADAPTER + IMAGE_PROMPT -> patched MODEL."""
+from ..host import patching
+from ..ipadapter_core import CURVES, LAYER_PRESETS, check_custom_weights, choice, finite_number
+from .sockets import CATEGORY, FRACTION_RANGE, WEIGHT_RANGE, ImagePrompt, IPAdapter, io, verdict
 
-_STRENGTH = {
-    "weight": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05,
-                         "tooltip": "λ, the strength of the image prompt; 0 gives back the model."}),
-    "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                           "tooltip": "Fraction of the sampling schedule where the image prompt starts."}),
-    "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                         "tooltip": "Fraction of the sampling schedule where it stops."}),
-}
-_MASK = {"attn_mask": ("MASK", {"tooltip": "The image prompt acts only inside the mask (resized to each layer's "
-                                           "latent grid). Two masked adapters give regional image prompts."})}
+PATCHED = "A patched copy of the model; the input model is left unchanged."
 
 
-class ApplyIPAdapter:
-    DESCRIPTION = ("Adds the image prompt to every cross-attention layer through the adapter's decoupled "
-                   "branch: out = Attn(Q, K, V) + weight * Attn(Q, K', V'). Chain several to stack adapters.")
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input model is left unchanged.",)
-    FUNCTION = "apply"
+def _common_inputs():
+    low, high = WEIGHT_RANGE
+    return [
+        io.Model.Input("model"),
+        IPAdapter.Input("ipadapter"),
+        ImagePrompt.Input("image_prompt"),
+        io.Float.Input("weight", default=1.0, min=low, max=high, step=0.05,
+                       tooltip="λ, the strength of the image prompt; 0 gives back the model."),
+        io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling schedule where the image prompt starts."),
+        io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling schedule where it stops."),
+    ]
+
+
+MASK = io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only inside the mask (resized to "
+                     "each layer's latent grid). Two masked adapters give regional image prompts.")
+
+
+def _check_strength(weight=None, start_at=None, end_at=None, composition_weight=None):
+    """The numbers' checks (a linked input is None here and checked at apply time)."""
+    numbers = (("weight", weight, WEIGHT_RANGE), ("start_at", start_at, FRACTION_RANGE),
+               ("end_at", end_at, FRACTION_RANGE), ("composition_weight", composition_weight, WEIGHT_RANGE))
+    return [lambda n=n, v=v, r=r: finite_number(n, v, *r) for n, v, r in numbers if v is not None]
+
+
+class ApplyIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ApplyIPAdapter", display_name="Apply IP-Adapter", category=CATEGORY,
+            description="Adds the image prompt to every cross-attention layer through the adapter's decoupled "
+                        "branch: out = Attn(Q, K, V) + weight * Attn(Q, K', V'). Chain several to stack adapters.",
+            inputs=[*_common_inputs(), MASK], outputs=[io.Model.Output(tooltip=PATCHED)])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image_prompt": ("IMAGE_PROMPT",),
-                             **_STRENGTH},
-                "optional": _MASK}
-
-    def apply(self, model, ipadapter, image_prompt, weight, start_at, end_at, attn_mask=None):
-        options = host.ApplyOptions(attn_mask=attn_mask)
-        return (host.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at, options),)
-
-
-class ApplyIPAdapterAdvanced:
-    DESCRIPTION = ("Apply IP-Adapter with per-layer weights (presets such as style transfer and composition, or "
-                   "a custom list), a weight curve over the sampling range, batch unfold and an attention mask.")
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input model is left unchanged.",)
-    FUNCTION = "apply"
+    def validate_inputs(cls, weight=None, start_at=None, end_at=None):
+        return verdict(*_check_strength(weight, start_at, end_at))
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image_prompt": ("IMAGE_PROMPT",), **_STRENGTH,
-            "layer_weights": (list(LAYER_PRESETS), {
-                "default": "linear", "tooltip": "Which layers the image prompt acts on and how strongly: the same "
-                "weight everywhere, curves over depth, InstantStyle's style / composition blocks, or custom."}),
-            "composition_weight": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05,
-                                             "tooltip": "Weight of the composition layers in "
-                                                        "'style and composition'."}),
-            "custom_layer_weights": ("STRING", {
-                "default": "", "multiline": True, "tooltip": "For 'custom': one multiplier per layer in file "
-                "order (16 for SD1.5, 70 for SDXL), or entries like 'output 1=1.0, input 8=0.5, 31=0.2'; "
-                "layers not named get 0."}),
-            "weight_curve": (list(CURVES), {"default": "constant", "tooltip": "How the weight changes between "
-                                                                              "start_at and end_at."}),
-            "unfold_batch": ("BOOLEAN", {"default": False, "tooltip": "Image i of the prompt conditions latent i "
-                                         "(animation frames); off: every latent sees every image."}),
-        }, "optional": _MASK}
+    def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, attn_mask=None):
+        options = patching.ApplyOptions(attn_mask=attn_mask)
+        return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
+                                                       options))
 
-    def apply(self, model, ipadapter, image_prompt, weight, start_at, end_at, layer_weights, composition_weight,
-              custom_layer_weights, weight_curve, unfold_batch, attn_mask=None):
-        options = host.ApplyOptions(layer_preset=layer_weights, composition_weight=composition_weight,
-                                    custom_layer_weights=custom_layer_weights, weight_curve=weight_curve,
-                                    attn_mask=attn_mask, unfold_batch=unfold_batch)
-        return (host.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at, options),)
+
+class ApplyIPAdapterAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        low, high = WEIGHT_RANGE
+        return io.Schema(
+            node_id="ApplyIPAdapterAdvanced", display_name="Apply IP-Adapter (Advanced)", category=CATEGORY,
+            description="Apply IP-Adapter with per-layer weights (presets such as style transfer and composition, "
+                        "or a custom list), a weight curve over the sampling range, batch unfold and an attention "
+                        "mask.",
+            inputs=[
+                *_common_inputs(),
+                io.Combo.Input("layer_weights", options=list(LAYER_PRESETS), default="linear", tooltip=(
+                    "Which layers the image prompt acts on and how strongly: the same weight everywhere, curves "
+                    "over depth, InstantStyle's style / composition blocks, or custom.")),
+                io.Float.Input("composition_weight", default=1.0, min=low, max=high, step=0.05,
+                               tooltip="Weight of the composition layers in 'style and composition'."),
+                io.String.Input("custom_layer_weights", default="", multiline=True, tooltip=(
+                    "For 'custom': one multiplier per layer in file order (16 for SD1.5, 70 for SDXL), or "
+                    "entries like 'output 1=1.0, input 8=0.5, 31=0.2'; layers not named get 0.")),
+                io.Combo.Input("weight_curve", options=list(CURVES), default="constant",
+                               tooltip="How the weight changes between start_at and end_at."),
+                io.Boolean.Input("unfold_batch", default=False, tooltip=(
+                    "Image i of the prompt conditions latent i (animation frames); off: every latent sees every "
+                    "image.")),
+                MASK,
+            ],
+            outputs=[io.Model.Output(tooltip=PATCHED)])
+
+    @classmethod
+    def validate_inputs(cls, weight=None, start_at=None, end_at=None, composition_weight=None, layer_weights=None,
+                        custom_layer_weights=None):
+        checks = _check_strength(weight, start_at, end_at, composition_weight)
+        if layer_weights is not None:  # listed here, so the host leaves the option check to us
+            checks.append(lambda: choice("layer_weights", layer_weights, LAYER_PRESETS))
+        if layer_weights == "custom" and custom_layer_weights is not None:
+            checks.append(lambda: check_custom_weights(custom_layer_weights))
+        return verdict(*checks)
+
+    @classmethod
+    def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, layer_weights, composition_weight,
+                custom_layer_weights, weight_curve, unfold_batch, attn_mask=None):
+        options = patching.ApplyOptions(layer_preset=layer_weights, composition_weight=composition_weight,
+                                        custom_layer_weights=custom_layer_weights, weight_curve=weight_curve,
+                                        attn_mask=attn_mask, unfold_batch=unfold_batch)
+        return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
+                                                       options))

@@ -1,26 +1,26 @@
-"""LoadIPAdapter: a weight file from models/ipadapter -> IPADAPTER."""
-import folder_paths
+"""Load IP-Adapter: a weight file from models/ipadapter -> IPADAPTER."""
+from ..host import files
+from .sockets import CATEGORY, IPAdapter, io
 
-from . import host
 
-
-class LoadIPAdapter:
-    DESCRIPTION = ("Loads an IP-Adapter weight file (official h94/IP-Adapter or trained with this extension). "
-                   "The variant and the model family are read from the file's contents.")
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IPADAPTER",)
-    RETURN_NAMES = ("ipadapter",)
-    OUTPUT_TOOLTIPS = ("The adapter: its image projection and per-layer key/value weights.",)
-    FUNCTION = "load"
+class LoadIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadIPAdapter", display_name="Load IP-Adapter", category=CATEGORY,
+            description="Loads an IP-Adapter weight file (official h94/IP-Adapter or trained with this extension). "
+                        "The variant and the model family are read from the file's contents.",
+            inputs=[io.Combo.Input("ipadapter_name", options=files.adapter_names(), tooltip=(
+                "A .safetensors or .bin file in models/ipadapter (or a path from extra_model_paths.yaml under "
+                "'ipadapter')."))],
+            outputs=[IPAdapter.Output(display_name="ipadapter", tooltip=(
+                "The adapter: its image projection and per-layer key/value weights."))])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "ipadapter_name": (folder_paths.get_filename_list(host.FOLDER), {
-                "tooltip": "A .safetensors or .bin file in models/ipadapter (or a path from "
-                           "extra_model_paths.yaml under 'ipadapter')."}),
-        }}
+    def fingerprint_inputs(cls, ipadapter_name):
+        """A file written again under the same name (a new training export) is read again."""
+        return files.adapter_fingerprint(ipadapter_name)
 
-    def load(self, ipadapter_name):
-        path = folder_paths.get_full_path_or_raise(host.FOLDER, ipadapter_name)
-        return (host.load_adapter(path),)
+    @classmethod
+    def execute(cls, ipadapter_name):
+        return io.NodeOutput(files.load_named_adapter(ipadapter_name))

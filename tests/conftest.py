@@ -11,16 +11,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    # Appended, not prepended: the host's top-level `nodes` module must win over our `nodes/` package.
+    # Appended, not prepended: the host's top-level `nodes` module must win. Only `launch` is imported from here;
+    # the extension itself is the package `ipadapter_suite` (launch.py), as in the training commands.
     sys.path.append(str(REPO))
 
-from training.hosting import HostNotFoundError, find_comfyui as find_host  # noqa: E402  (standard library only)
+import launch  # noqa: E402  (standard library only)
+
+EXT = launch.import_extension()  # needs no host; `import ipadapter_suite.<module>` works from here on
+from ipadapter_suite.host.locate import HostNotFoundError  # noqa: E402
 
 
 def find_comfyui():
     """Return the ComfyUI root folder, or None (the same search as the training entry points)."""
     try:
-        return find_host()
+        return launch.find_comfyui()
     except HostNotFoundError:
         return None
 
@@ -35,14 +39,7 @@ def import_host():
     """Put the host first on sys.path and import its core modules (CPU, no argv parsing)."""
     if HOST is None:
         pytest.skip(NO_HOST_REASON)
-    if str(HOST) not in sys.path:
-        sys.path.insert(0, str(HOST))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401
-    return HOST
+    return launch.import_host(str(HOST), cpu=True)
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +48,12 @@ def host():
 
 
 def import_extension():
-    """Import this repository as the host imports a custom node package (relative imports and all), once per
-    process (the training entry points' importer, so tests and training share one set of node classes)."""
-    from training.hosting import import_extension as import_package
+    """The extension package with its host-facing parts imported (nodes, glue): one copy per process, shared
+    with the training entry points (launch.py)."""
+    import importlib
     import_host()
-    return import_package(str(HOST))
+    importlib.import_module(f"{EXT.__name__}.nodes")
+    return EXT
 
 
 @pytest.fixture(scope="session")

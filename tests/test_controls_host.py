@@ -10,7 +10,7 @@ from tiny_adapters import CTX, SIGMA, random_prompt, rel_err, save_and_load, tin
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
-# Block sets written out from REFERENCE.md §2, independently of ipadapter_core.presets.
+# Block sets written out from docs/layers.md#style-and-composition-blocks, independently of ipadapter_core.presets.
 SDXL_STYLE = {("output", 1, i) for i in range(10)}
 SDXL_COMPOSITION = {("input", 8, i) for i in range(10)}
 SD15_STYLE = {("input", b, 0) for b in (1, 2, 4, 5)} | {("output", b, 0) for b in range(5, 12)}
@@ -60,8 +60,8 @@ def _adapter(ext, info, tmp_path, kind="base", seed=4):
 
 
 def _apply(ext, model, adapter, prompt, weight=1.0, start=0.0, end=1.0, **options):
-    host = ext.nodes.host
-    return host.apply_ip_adapter(model, adapter, prompt, weight, start, end, host.ApplyOptions(**options))
+    patching = ext.host.patching
+    return patching.apply_ip_adapter(model, adapter, prompt, weight, start, end, patching.ApplyOptions(**options))
 
 
 @pytest.mark.parametrize("preset", ["style transfer", "composition", "style and composition"])

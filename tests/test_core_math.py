@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipadapter_core import (Branch, ImagePrompt, IPAdapterModel, IPAttentionPatch, build_branches,
+from ipadapter_suite.ipadapter_core import (Branch, ImagePrompt, IPAdapterModel, IPAttentionPatch, build_branches,
                             with_default_uncond)
 from official_formats import base_proj, full_face_proj, ip_layers, plus_proj
 
@@ -195,8 +195,10 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in {BLOCKED!r}:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import ipadapter_core
-for m in pkgutil.walk_packages(ipadapter_core.__path__, 'ipadapter_core.'):
+import launch
+launch.import_extension()
+import ipadapter_suite.ipadapter_core as core
+for m in pkgutil.walk_packages(core.__path__, 'ipadapter_suite.ipadapter_core.'):
     importlib.import_module(m.name)
 print('clean')
 """

@@ -19,7 +19,7 @@ def _images(n, h, w, seed=0):
 
 def test_chunked_encode_equals_one_image_at_a_time(ext, clip_vision):
     images = _images(7, 40, 40)
-    encode = ext.nodes.host.encode_image_prompt
+    encode = ext.host.vision.encode_image_prompt
     chunked = encode(clip_vision, images, batch_size=3)
     singles = [encode(clip_vision, images[i:i + 1], batch_size=1) for i in range(7)]
     torch.testing.assert_close(chunked.hidden, torch.cat([s.hidden for s in singles]), rtol=1e-5, atol=1e-5)
@@ -29,7 +29,7 @@ def test_chunked_encode_equals_one_image_at_a_time(ext, clip_vision):
 
 def test_fit_modes_feed_the_encoder_what_they_say(ext, clip_vision):
     wide = _images(1, 28, 84, seed=2)  # three 28x28 squares side by side
-    encode = ext.nodes.host.encode_image_prompt
+    encode = ext.host.vision.encode_image_prompt
     left, centre, right = (wide[:, :, i * 28:(i + 1) * 28] for i in range(3))
     for fit, square in (("top/left crop", left), ("center crop", centre), ("bottom/right crop", right)):
         got = encode(clip_vision, wide, fit=fit).hidden
@@ -49,18 +49,19 @@ def test_save_and_load_image_prompt_nodes(ext, clip_vision, tmp_path):
     folder_paths.set_output_directory(str(tmp_path / "output"))
     folder_paths.set_input_directory(str(tmp_path / "input"))
     try:
-        prompt = nodes.host.encode_image_prompt(clip_vision, _images(2, 28, 28))
-        result = nodes.SaveImagePrompt().save(prompt, "faces")
-        name = result["ui"]["text"][0]
+        prompt = ext.host.vision.encode_image_prompt(clip_vision, _images(2, 28, 28))
+        result = nodes.SaveImagePrompt.execute(image_prompt=prompt, filename_prefix="faces").ui
+        name = result["text"][0]
         assert name == "image_prompts/faces_00001_.safetensors [output]"
-        assert nodes.SaveImagePrompt().save(prompt, "faces")["ui"]["text"][0].startswith("image_prompts/faces_00002_")
-        choices = nodes.LoadImagePrompt.INPUT_TYPES()["required"]["prompt_file"][0]
+        again = nodes.SaveImagePrompt.execute(image_prompt=prompt, filename_prefix="faces").ui
+        assert again["text"][0].startswith("image_prompts/faces_00002_")
+        choices = nodes.LoadImagePrompt.INPUT_TYPES()["required"]["prompt_file"][1]["options"]
         assert name in choices
-        (loaded,) = nodes.LoadImagePrompt().load(name)
+        (loaded,) = nodes.LoadImagePrompt.execute(prompt_file=name).args
         assert all(torch.equal(getattr(loaded, f), getattr(prompt, f))
                    for f in ("embeds", "hidden", "uncond_embeds", "uncond_hidden"))
         with pytest.raises(FileNotFoundError, match="Save Image Prompt"):
-            nodes.LoadImagePrompt().load("image_prompts/missing.safetensors")
+            nodes.LoadImagePrompt.execute(prompt_file="image_prompts/missing.safetensors")
     finally:
         folder_paths.set_output_directory(saved_output)
         folder_paths.set_input_directory(saved_input)
@@ -68,7 +69,7 @@ def test_save_and_load_image_prompt_nodes(ext, clip_vision, tmp_path):
 
 def test_noise_node_output_feeds_encode_as_negative(ext, clip_vision):
     image = _images(1, 28, 28, seed=5)
-    (negative,) = ext.nodes.ImagePromptNoise().make("fade", 0.6, 3, image)
-    prompt = ext.nodes.host.encode_image_prompt(clip_vision, image, negative)
-    torch.testing.assert_close(prompt.uncond_hidden, ext.nodes.host.encode_image_prompt(clip_vision, negative).hidden)
+    (negative,) = ext.nodes.ImagePromptNoise.execute(kind="fade", strength=0.6, seed=3, image=image).args
+    prompt = ext.host.vision.encode_image_prompt(clip_vision, image, negative)
+    torch.testing.assert_close(prompt.uncond_hidden, ext.host.vision.encode_image_prompt(clip_vision, negative).hidden)
     assert not torch.allclose(prompt.uncond_hidden, prompt.hidden)

@@ -60,7 +60,7 @@ def test_nodes_register_without_import_errors(server):
         assert node in info, f"{node} not registered"
     assert info["ApplyIPAdapter"]["output"] == ["MODEL"]
     assert info["ApplyIPAdapter"]["input"]["required"]["image_prompt"][0] == "IMAGE_PROMPT"
-    assert "ip-adapter_sd15.safetensors" in info["LoadIPAdapter"]["input"]["required"]["ipadapter_name"][0]
+    assert "ip-adapter_sd15.safetensors" in info["LoadIPAdapter"]["input"]["required"]["ipadapter_name"][1]["options"]
     log = server["log"].read_text()
     assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
 

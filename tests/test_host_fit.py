@@ -37,12 +37,12 @@ def meta_models(host):
 
 def _loaded(ext, stem):
     model = ext.ipadapter_core.IPAdapterModel.from_state_dict(official_state_dict(stem))
-    return ext.nodes.host.LoadedAdapter(f"{stem}.safetensors", model)
+    return ext.host.files.LoadedAdapter(f"{stem}.safetensors", model)
 
 
 def test_layer_table_matches_the_host_unets(ext, meta_models):
     for family, patcher in meta_models.items():
-        layers = ext.nodes.host._cross_attention_layers(patcher)
+        layers = ext.host.unet.cross_attention_layers(patcher)
         sites = ext.ipadapter_core.LAYOUTS[family]
         assert {site.key for site in sites} == set(layers)
         assert all(layers[site.key].to_q.in_features == site.width for site in sites)
@@ -53,10 +53,10 @@ def test_official_adapter_fits_its_family_and_is_refused_by_the_other(ext, meta_
     family = OFFICIAL[stem][5]
     other = "sdxl" if family == "sd15" else "sd15"
     adapter = _loaded(ext, stem)
-    ext.nodes.host.check_model_fits(meta_models[family], adapter)
+    ext.host.unet.check_model_fits(meta_models[family], adapter)
     names = {"sd15": "SD1.5", "sdxl": "SDXL"}
     with pytest.raises(ext.ipadapter_core.ModelMismatchError) as err:
-        ext.nodes.host.check_model_fits(meta_models[other], adapter)
+        ext.host.unet.check_model_fits(meta_models[other], adapter)
     message = str(err.value)
     assert f"made for {names[family]} models" in message and f"this model is {names[other]}" in message
     assert stem in message

@@ -32,7 +32,7 @@ def test_patched_host_equals_diffusers(ext, pair, tmp_path, kind, images):
     sd = tiny_adapter(kind, [w for _, w in info["cross_attn"]], seed=11)
     adapter = save_and_load(ext, tmp_path, sd, f"{kind}.safetensors")
     prompt = random_prompt(ext, images, seed=5)
-    patched = ext.nodes.host.apply_ip_adapter(patcher, adapter, prompt, 0.8, 0.0, 1.0)
+    patched = ext.host.patching.apply_ip_adapter(patcher, adapter, prompt, 0.8, 0.0, 1.0)
     x, ctx_cond, ctx_uncond = tiny_inputs(7)
     eps_cond, eps_uncond = host_eps(patched, x, SIGMA, [ctx_cond, ctx_uncond])
 
@@ -52,9 +52,9 @@ def test_two_stacked_adapters_equal_diffusers_multi_adapter(ext, pair, tmp_path)
     widths = [w for _, w in info["cross_attn"]]
     sd_plus, sd_base = tiny_adapter("plus", widths, 21), tiny_adapter("base", widths, 22)
     p_plus, p_base = random_prompt(ext, 1, 31), random_prompt(ext, 2, 32)
-    model = ext.nodes.host.apply_ip_adapter(patcher, save_and_load(ext, tmp_path, sd_plus, "p.safetensors"),
+    model = ext.host.patching.apply_ip_adapter(patcher, save_and_load(ext, tmp_path, sd_plus, "p.safetensors"),
                                             p_plus, 0.6, 0.0, 1.0)
-    model = ext.nodes.host.apply_ip_adapter(model, save_and_load(ext, tmp_path, sd_base, "b.safetensors"),
+    model = ext.host.patching.apply_ip_adapter(model, save_and_load(ext, tmp_path, sd_base, "b.safetensors"),
                                             p_base, 1.3, 0.0, 1.0)
     x, ctx_cond, ctx_uncond = tiny_inputs(8)
     eps_cond, eps_uncond = host_eps(model, x, SIGMA, [ctx_cond, ctx_uncond])
@@ -80,17 +80,17 @@ def test_weight_zero_and_steps_outside_the_range_are_bit_identical(ext, pair, tm
     sampling = patcher.get_model_object("model_sampling")
     assert sampling.percent_to_sigma(0.9) < SIGMA < sampling.percent_to_sigma(0.1)
     for weight, start, end in [(0.0, 0.0, 1.0), (1.0, 0.9, 1.0), (1.0, 0.0, 0.1)]:
-        patched = ext.nodes.host.apply_ip_adapter(patcher, adapter, prompt, weight, start, end)
+        patched = ext.host.patching.apply_ip_adapter(patcher, adapter, prompt, weight, start, end)
         out = host_eps(patched, x, SIGMA, [ctx_cond, ctx_uncond])
         assert all(torch.equal(a, b) for a, b in zip(out, plain)), (weight, start, end)
-    inside = ext.nodes.host.apply_ip_adapter(patcher, adapter, prompt, 1.0, 0.1, 0.9)
+    inside = ext.host.patching.apply_ip_adapter(patcher, adapter, prompt, 1.0, 0.1, 0.9)
     assert not torch.equal(host_eps(inside, x, SIGMA, [ctx_cond, ctx_uncond])[0], plain[0])
 
 
 def test_patches_every_cross_attention_layer_and_clone_shares_them(ext, pair, tmp_path):
     patcher, _, info = pair
     adapter = save_and_load(ext, tmp_path, tiny_adapter("base", [w for _, w in info["cross_attn"]], 4), "a.safetensors")
-    patched = ext.nodes.host.apply_ip_adapter(patcher, adapter, random_prompt(ext, 1, 6), 1.0, 0.0, 1.0)
+    patched = ext.host.patching.apply_ip_adapter(patcher, adapter, random_prompt(ext, 1, 6), 1.0, 0.0, 1.0)
     attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert set(attn2) == {key for key, _ in info["cross_attn"]}
     assert "patches_replace" not in patcher.model_options.get("transformer_options", {})  # input left alone
@@ -107,4 +107,4 @@ def test_adapter_for_the_other_family_is_refused(ext, pair, tmp_path):
     adapter = save_and_load(ext, tmp_path, tiny_adapter("base", [w for _, w in other_info["cross_attn"]], 4),
                              "other.safetensors")
     with pytest.raises(ext.ipadapter_core.ModelMismatchError, match="Use an IP-Adapter for this model"):
-        ext.nodes.host.apply_ip_adapter(patcher, adapter, random_prompt(ext, 1, 6), 1.0, 0.0, 1.0)
+        ext.host.patching.apply_ip_adapter(patcher, adapter, random_prompt(ext, 1, 6), 1.0, 0.0, 1.0)

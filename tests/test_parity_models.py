@@ -74,7 +74,7 @@ def test_cross_attention_keys_are_the_ones_the_host_visits(pair, pm):
 
 
 def test_reference_agrees_with_layer_table(pair):
-    from ipadapter_core.layers import LAYOUTS
+    from ipadapter_suite.ipadapter_core.layers import LAYOUTS
 
     info = pair["info"]
     sites = LAYOUTS[info["layout"]]

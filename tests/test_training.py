@@ -30,7 +30,7 @@ def base_args(data, out, *extra):
 
 
 def train(data, out, *extra):
-    from training.train import main
+    from ipadapter_suite.training.train import main
     return main(base_args(data, out, *extra))
 
 
@@ -65,8 +65,10 @@ def reference_run(tiny_data, tmp_path_factory):
 # Runs training in a subprocess and SIGKILLs it at a chosen point: no clean exit, no finally blocks.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import training.checkpoint as ckpt
-    import training.train as train
+    import launch
+    launch.import_extension()
+    import ipadapter_suite.training.checkpoint as ckpt
+    import ipadapter_suite.training.train as train
     mode, at = sys.argv[1], int(sys.argv[2])
     if mode == "after-save":  # the checkpoint of step `at` is complete: die in the next step
         original_step = train.train_step
@@ -118,9 +120,9 @@ def test_it_learns(tiny_data, tmp_path):
 def held_out_losses(frozen, adapter_path, folder, seed=5):
     """Mean epsilon MSE over fixed timesteps/noise, same draws for lambda = 1 and lambda = 0, no drops."""
     from comfy.ldm.modules.attention import optimized_attention
-    from ipadapter_core import IPAdapterModel, load_adapter_file
-    from training.data import load_image
-    from training.model import AdapterTraining
+    from ipadapter_suite.ipadapter_core import IPAdapterModel, load_adapter_file
+    from ipadapter_suite.training.data import load_image
+    from ipadapter_suite.training.model import AdapterTraining
     adapter = IPAdapterModel.from_state_dict(load_adapter_file(adapter_path)[0])
     module = AdapterTraining(adapter, frozen.base_model, optimized_attention)
     images = sorted(folder.glob("*.png"))
@@ -164,7 +166,7 @@ def test_resume_after_sigkill_is_exact(tiny_data, reference_run, tmp_path):
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tiny_data, reference_run, tmp_path, ext):
-    from training.checkpoint import resolve_resume
+    from ipadapter_suite.training.checkpoint import resolve_resume
     out = tmp_path / "crashed"
     args = base_args(tiny_data, out, "--max-steps", STEPS, "--save-every", SAVE_EVERY)
     run_killed(tmp_path, "mid-write", 6, args)
@@ -172,7 +174,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tiny_data, reference_run, t
     assert (folder / ".checkpoint-00000006.partial").is_dir()  # the crash left its half-written folder
     latest = resolve_resume("latest", folder)
     assert latest.name == "checkpoint-00000004"
-    loaded = ext.nodes.host.load_adapter(str(latest / "ip-adapter_trained.safetensors"))
+    loaded = ext.host.files.load_adapter(str(latest / "ip-adapter_trained.safetensors"))
     assert loaded.spec.kind == "base"
     resumed = train(tiny_data, out, "--max-steps", STEPS, "--save-every", SAVE_EVERY, "--resume", "latest")
     assert max_diff(adapter_tensors(resumed), adapter_tensors(reference_run)) <= 1e-6
@@ -224,11 +226,11 @@ def test_export_loads_in_node_and_in_diffusers(tiny_data, tmp_path, ext):
 
     import folder_paths
     folder_paths.add_model_folder_path("ipadapter", str(path.parent))
-    node = ext.NODE_CLASS_MAPPINGS["LoadIPAdapter"]
+    node = ext.nodes.NODE_CLASS_MAPPINGS["LoadIPAdapter"]
     loaded = _execute(node, ipadapter_name=path.name)
     patcher, unet, info = build_pair("sd15", seed=0, context_dim=32)  # the same tiny UNet training used
     prompt = _tiny_prompt(ext)
-    patched = ext.nodes.host.apply_ip_adapter(patcher, loaded, prompt, 1.0, 0.0, 1.0)
+    patched = ext.host.patching.apply_ip_adapter(patcher, loaded, prompt, 1.0, 0.0, 1.0)
     g = torch.Generator().manual_seed(3)
     x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 8, 32, generator=g)
     eps = host_eps(patched, x, 1.7, [ctx])[0]
@@ -261,7 +263,7 @@ def _tiny_prompt(ext):
 def test_drop_rates_and_draws_follow_the_recipe():
     """One draw per sample: 5 % image only, 5 % text only, 5 % both; timesteps uniform; a pure function of
     (seed, position)."""
-    from training.recipe import DropRates, draw
+    from ipadapter_suite.training.recipe import DropRates, draw
     n = 20000
     d = draw(3, range(n), (1, 1, 1), 1000, DropRates())
     image_only = (d.drop_image & ~d.drop_text).float().mean().item()
@@ -285,11 +287,11 @@ def test_dropped_inputs_are_the_reference_uncond(tiny_data, variant):
     from collections import Counter
     from types import SimpleNamespace
 
-    from training.recipe import DropRates
-    from training.train import Run, model_inputs, unconditional_inputs
+    from ipadapter_suite.training.recipe import DropRates
+    from ipadapter_suite.training.train import Run, model_inputs, unconditional_inputs
     from training_models import TinyEncoders, tiny_sd15
     frozen = tiny_sd15()
-    args = SimpleNamespace(seed=0, resolution=64, _world=1, _rank=0, cache=None)
+    args = SimpleNamespace(seed=0, resolution=64, cache=None)
     feature = "pooled" if variant == "base" else "hidden"
     pixels = torch.rand(3, 3, 64, 64)
     batch = {"pixels": pixels, "text": ["red", "green", "blue"], "position": torch.tensor([0, 1, 2]), "size": 3}
@@ -339,7 +341,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
 
 
 def test_no_usable_data_is_a_clear_error(tmp_path):
-    from training.data import DataError
+    from ipadapter_suite.training.data import DataError
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="no training samples"):
@@ -386,7 +388,7 @@ def test_cached_training_equals_uncached(tiny_data, tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     from comfy.ldm.modules.attention import optimized_attention
-    from training.model import AdapterTraining, new_adapter, new_spec
+    from ipadapter_suite.training.model import AdapterTraining, new_adapter, new_spec
     from training_models import tiny_sd15
     grads = []
     for checkpointing in (False, True):
@@ -404,7 +406,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_options_from_a_config_file(tmp_path):
-    from training.train import parse_args
+    from ipadapter_suite.training.train import parse_args
     (tmp_path / "c.yaml").write_text("learning_rate: 3.0e-5\nvariant: plus\nbatch-size: 2\n")
     (tmp_path / "c.toml").write_text('learning_rate = 2e-5\nmixed_precision = "bf16"\n')
     args = parse_args(["--config", str(tmp_path / "c.yaml"), "--batch-size", "5"])
@@ -422,7 +424,7 @@ def test_clip_scores_follow_the_paper(tmp_path, host):
     """CLIP-I = cos(generated, prompt image); CLIP-T = 2.5 * max(cos(generated, caption), 0) (CLIPScore); the
     open_clip model comes from a weights file by path (a tiny random one here)."""
     import open_clip
-    from training.evaluate import image_embeddings, load_scorer, scores, text_embeddings
+    from ipadapter_suite.training.evaluate import image_embeddings, load_scorer, scores, text_embeddings
     g, r, c = torch.tensor([[0.6, 0.8], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
     clip_i, clip_t = scores(g, r, c)
     assert clip_i == pytest.approx((0.8 + 0.0) / 2)
@@ -462,5 +464,5 @@ def test_cli_on_real_size_files(model_files, tmp_path, ext):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "CLIP-I" in proc.stderr
     assert (out / "validation" / "step-00000001" / "00.png").is_file()
-    loaded = ext.nodes.host.load_adapter(str(out / "ip-adapter_trained.safetensors"))
+    loaded = ext.host.files.load_adapter(str(out / "ip-adapter_trained.safetensors"))
     assert (loaded.spec.kind, loaded.spec.family, loaded.spec.encoder_width) == ("base", "sd15", 1024)

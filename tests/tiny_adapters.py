@@ -46,7 +46,7 @@ def save_and_load(ext, tmp_path, state_dict, name):
     path = tmp_path / name
     safetensors.torch.save_file({f"{p}.{k}": v.contiguous() for p in state_dict for k, v in state_dict[p].items()},
                                 str(path))
-    return ext.nodes.host.load_adapter(str(path))
+    return ext.host.files.load_adapter(str(path))
 
 
 def random_prompt(ext, images, seed):

@@ -15,11 +15,11 @@ TEXT_TOKENS, VOCAB = 8, 64
 def _host():
     import sys
     from pathlib import Path
-    here = Path(__file__).resolve().parent
-    if str(here) not in sys.path:
-        sys.path.append(str(here))
-    from conftest import import_host
-    import_host()
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.append(str(repo))
+    import launch  # the repository is on sys.path where this module is (tests, benchmarks, --models-from)
+    launch.import_host(cpu=True)
 
 
 def tiny_unet(seed: int = 0):
@@ -81,7 +81,7 @@ class TinyEncoders:
 
 
 def tiny_sd15():
-    from training.frozen import FrozenModels
+    from ipadapter_suite.training.frozen import FrozenModels
     enc = TinyEncoders()
     zero = enc.hidden_of_normalised(torch.zeros(1, 3, 32, 32))
     return FrozenModels(patcher=tiny_unet(), family="sd15", encode_latents=enc.encode_latents,

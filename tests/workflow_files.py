@@ -49,7 +49,7 @@ def _controlnet(path, session_files):
 
 def _saved_prompt(path, session_files):
     """What Save Image Prompt writes for one image encoded with ViT-H/14 (random features of the real shapes)."""
-    from ipadapter_core import ImagePrompt, save_image_prompt
+    from ipadapter_suite.ipadapter_core import ImagePrompt, save_image_prompt
     g = torch.Generator().manual_seed(0)
     embeds, hidden = torch.randn(1, 1024, generator=g), torch.randn(1, 257, 1280, generator=g)
     save_image_prompt(path, ImagePrompt(embeds, hidden, torch.zeros_like(embeds), torch.randn(1, 257, 1280, generator=g)))

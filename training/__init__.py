@@ -3,9 +3,3 @@
 ``python -m training.train --help`` trains, ``python -m training.evaluate --help`` scores an adapter (CLIP-I,
 CLIP-T). Everything written loads in LoadIPAdapter and in diffusers' ``load_ip_adapter``.
 """
-import sys
-from pathlib import Path
-
-_REPO = str(Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # the pure-torch core is imported as ``ipadapter_core``, as the tests import it
-    sys.path.append(_REPO)

@@ -7,7 +7,6 @@ prompt's embedding, for text drops) and ``part-R-K.safetensors`` shards with ``l
 """
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,16 +14,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..ipadapter_core import atomic_write
 from .data import Bad, DataError, read_record
 
 log = logging.getLogger(__name__)
 META = "cache.json"
 
 
-def _atomic_save(tensors: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+def save_tensors(tensors: dict, path: Path) -> None:
+    """A shard (or the empty-prompt file), written atomically: a reader sees all of it or nothing."""
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def _write_shard(frozen, items, path: Path, feature: str, dtype, batch_size: int
     parts = [encode_samples(frozen, items[i:i + batch_size], feature, dtype) for i in range(0, len(items), batch_size)]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     tensors["index"] = torch.tensor([item["index"] for item in items])
-    _atomic_save(tensors, path)
+    save_tensors(tensors, path)
     log.info("cache shard %s: %d samples", path.name, len(items))
 
 
@@ -75,11 +75,9 @@ def finish_cache(frozen, folder: Path, meta: dict, skipped: Counter) -> None:
     empty = {"context": context, "zero_image_hidden": frozen.zero_image_hidden.float()}
     if pooled is not None:
         empty["pooled"] = pooled
-    _atomic_save(empty, folder / "empty_text.safetensors")
+    save_tensors(empty, folder / "empty_text.safetensors")
     meta = dict(meta, skipped=dict(skipped), embed_width=frozen.embed_width, count=sum(_rows(p) for p in sorted(folder.glob("part-*.safetensors"))))
-    tmp = folder / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, folder / META)
+    atomic_write(folder / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True)))
 
 
 def _rows(path: Path) -> int:

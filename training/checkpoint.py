@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ipadapter_core import save_adapter_file
+from ..ipadapter_core import atomic_write, save_adapter_file
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -71,9 +71,7 @@ def save_checkpoint(accelerator, adapter, folder: Path, step: int, state: dict, 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True)))
 
 
 def read_state(checkpoint: Path) -> dict:

@@ -1,4 +1,4 @@
-"""The paper's metrics for an adapter over a captioned image set (REFERENCE §5):
+"""The paper's metrics for an adapter over a captioned image set (docs/training.md#evaluation):
 ``python -m training.evaluate --help``.
 
 For every image prompt, ``--images-per-prompt`` images are generated through the nodes' own code path (empty text
@@ -7,6 +7,11 @@ CLIP-T: CLIPScore, 2.5 * max(cos, 0), of generated image and the prompt image's 
 model named by ``--clip-model`` and loaded from ``--clip-weights`` (a file; nothing is downloaded). The paper uses
 ViT-L/14 on COCO 2017 val and reports CLIP-T 0.588, CLIP-I 0.828.
 """
+
+if __name__ == "__main__":  # `python -m training.evaluate` from the repository: the package's own copy runs
+    import launch
+    raise SystemExit(launch.run_module("training.evaluate"))
+
 import argparse
 import json
 import logging
@@ -101,10 +106,10 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from ipadapter_core import IPAdapterModel, load_adapter_file
+    from ..host.locate import import_host
+    from ..ipadapter_core import IPAdapterModel, load_adapter_file
     from .data import Bad, read_record, records_for
     from .frozen import load_frozen
-    from .hosting import import_host
     import_host(args.comfyui)
     scorer = load_scorer(args.clip_model, args.clip_weights)
     frozen = load_frozen(args.checkpoint, args.clip_vision, None)
@@ -120,7 +125,3 @@ def main(argv=None) -> dict:
         (output / "scores.json").write_text(json.dumps(result, indent=1))
     log.info("CLIP-I %.4f  CLIP-T %.4f  over %d image prompts", result["clip_i"], result["clip_t"], result["count"])
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The frozen models (UNet, VAE, text encoder, image encoder), as the host loads them, behind four calls.
 
-``load_frozen`` is a thin layer over the host's own loaders (``comfy.sd.load_checkpoint_guess_config``,
+``load_frozen`` is a thin layer over the host's own loaders (``host/loaders.py``: ``comfy.sd.load_checkpoint_guess_config``,
 ``comfy.clip_vision.load``); anything else that fills a ``FrozenModels`` (the tests' tiny models) trains the same.
 """
 import logging
@@ -57,35 +57,23 @@ class FrozenModels:
 
 def host_family(patcher) -> str:
     """'sd15' or 'sdxl' from the host UNet's cross-attention sites (the layer table is the only truth)."""
-    from .hosting import import_extension
-    from ipadapter_core import LAYOUTS
-    layers = import_extension().nodes.host._cross_attention_layers(patcher)
-    for family, sites in LAYOUTS.items():
-        if {site.key for site in sites} == set(layers):
-            return family
-    raise ValueError(f"the checkpoint's UNet has {len(layers)} cross-attention layers, neither the SD1.5 nor the "
-                     "SDXL layout: IP-Adapter training needs an SD1.5 or SDXL checkpoint")
+    from ..host.unet import unet_family
+    return unet_family(patcher)
 
 
 def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | None, encoders: bool = True
                 ) -> FrozenModels:
     """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders.
     ``encoders=False``: the UNet only (training from a cache needs nothing else)."""
-    from .hosting import import_extension
-    import comfy.clip_vision
-    import comfy.sd
+    from ..host import loaders, vision as host_vision
 
-    options = {} if dtype is None else {"dtype": dtype}
-    patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        checkpoint, output_vae=encoders, output_clip=encoders, model_options=options, te_model_options=options)
+    patcher, clip, vae = loaders.load_checkpoint(checkpoint, dtype, encoders)
     if not encoders:
         return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=_no_encoder,
                             encode_text=_no_encoder, encode_image=_no_encoder, zero_image_hidden=None,
                             embed_width=0)
-    vision = comfy.clip_vision.load(clip_vision)
-    if vision is None:
-        raise ValueError(f"'{clip_vision}' is not a CLIP vision model the host can load")
-    zero_hidden = import_extension().nodes.host.zero_image_hidden(vision)
+    vision = loaders.load_clip_vision(clip_vision)
+    zero_hidden = host_vision.zero_image_hidden(vision)
     latent_format = patcher.model.latent_format
 
     def encode_latents(pixels):

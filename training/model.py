@@ -2,7 +2,7 @@
 
 ``AdapterTraining.forward`` projects image features to tokens, makes one ``Branch`` per layer with
 ``branches_from_tokens`` and places ``IPAttentionPatch`` objects under the host's attn2-replace keys
-(``transformer_options["patches_replace"]["attn2"]``), exactly as ``nodes/host.apply_ip_adapter`` does for sampling;
+(``transformer_options["patches_replace"]["attn2"]``), exactly as ``host/patching.apply_ip_adapter`` does for sampling;
 row i of the latent batch reads token set i. Only the adapter is a submodule: the frozen UNet is held outside the
 module tree, so DDP / DeepSpeed see (and shard, and save) only trainable weights.
 """
@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ipadapter_core import LAYOUTS, AdapterSpec, IPAdapterModel, IPAttentionPatch, branches_from_tokens
-from ipadapter_core import load_adapter_file
+from ..host.unet import cross_attention_layers, transformer_blocks
+from ..ipadapter_core import LAYOUTS, AdapterSpec, IPAdapterModel, IPAttentionPatch, branches_from_tokens
+from ..ipadapter_core import load_adapter_file
 
 log = logging.getLogger(__name__)
 RESAMPLER_DIM = {"sd15": 768, "sdxl": 1280}
@@ -22,7 +23,7 @@ RESAMPLER_DIM = {"sd15": 768, "sdxl": 1280}
 
 def new_spec(frozen, variant: str, resampler_dim: int | None = None) -> AdapterSpec:
     """The spec of a fresh adapter for this host model: base (4 tokens, pooled) or plus (16 tokens, hidden)."""
-    layers = _host_layers(frozen)
+    layers = cross_attention_layers(frozen.patcher)
     sites = LAYOUTS[frozen.family]
     context_dim = layers[sites[0].key].to_k.in_features
     widths = tuple((site.n, layers[site.key].to_k.out_features) for site in sites)
@@ -37,17 +38,12 @@ def new_spec(frozen, variant: str, resampler_dim: int | None = None) -> AdapterS
     raise ValueError(f"unknown variant {variant!r}: use 'base' (4 tokens) or 'plus' (resampler, 16 tokens)")
 
 
-def _host_layers(frozen) -> dict:
-    from .hosting import import_extension
-    return import_extension().nodes.host._cross_attention_layers(frozen.patcher)
-
-
 def new_adapter(frozen, spec: AdapterSpec, seed: int) -> IPAdapterModel:
     """Projection with torch's default init (seeded); every W'k, W'v a copy of the layer's Wk, Wv."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = IPAdapterModel(spec)
-    layers = _host_layers(frozen)
+    layers = cross_attention_layers(frozen.patcher)
     with torch.no_grad():
         for site in LAYOUTS[spec.family]:
             ip = adapter.ip_adapter[str(site.n)]
@@ -102,9 +98,8 @@ class AdapterTraining(nn.Module):
 def checkpoint_transformers(unet: nn.Module) -> None:
     """Gradient checkpointing of every SpatialTransformer (where the activations are). The host mutates
     transformer_options while a block runs, so each call keeps its own shallow copy for the recomputation."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-    for module in unet.modules():
-        if isinstance(module, SpatialTransformer) and not getattr(module, "_ip_checkpointed", False):
+    for module in transformer_blocks(unet):
+        if not getattr(module, "_ip_checkpointed", False):
             module.forward = partial(_checkpointed, module.forward)
             module._ip_checkpointed = True
 

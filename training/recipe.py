@@ -1,4 +1,4 @@
-"""The training recipe's random draws and unconditional inputs (REFERENCE §4), as pure functions.
+"""The training recipe's random draws and unconditional inputs, as pure functions (docs/training.md#training-recipe).
 
 Every draw of a sample (drop choice, timestep, noise) comes from a generator seeded with (seed, position), the
 sample's global position in the training stream, so a resumed run or a run on more processes draws exactly what

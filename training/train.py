@@ -4,6 +4,11 @@ Shape of the script (accelerate's examples): get_dataloaders / build / train_ste
 of a sample is a function of (seed, its global position), and the data position follows from the step, so a run
 resumed from a checkpoint, or run on more processes with the same global batch, trains the same adapter.
 """
+
+if __name__ == "__main__":  # `python -m training.train` from the repository: the package's own copy runs
+    import launch
+    raise SystemExit(launch.run_module("training.train"))
+
 import argparse
 import importlib
 import logging
@@ -88,6 +93,8 @@ class Run:
     dataset_size: int
     rates: DropRates
     skipped: Counter
+    rank: int = 0  # this process and the process count, from the accelerator
+    world: int = 1
     bad_run: int = 0
 
 
@@ -99,8 +106,8 @@ def load_models(args):
         return getattr(importlib.import_module(module), function)()
     if not args.checkpoint:
         raise SystemExit("give --checkpoint and --clip-vision (or --models-from)")
+    from ..host.locate import import_host
     from .frozen import load_frozen
-    from .hosting import import_host
     import_host(args.comfyui)
     cache = Path(args.cache) if args.cache else None
     if cache and (cache / cache_mod.META).is_file() and not args.validate_every:
@@ -113,13 +120,13 @@ def load_models(args):
 
 def build(args, frozen):
     """The trainable module (adapter inside the host UNet through the nodes' patch) and its optimizer."""
-    from comfy.ldm.modules.attention import optimized_attention
+    from ..host.unet import ATTENTION
     from .model import AdapterTraining, adapter_from_file, new_adapter, new_spec
     if args.init_adapter:
         adapter = adapter_from_file(args.init_adapter, frozen)
     else:
         adapter = new_adapter(frozen, new_spec(frozen, args.variant, args.resampler_dim), args.seed)
-    module = AdapterTraining(adapter, frozen.base_model, optimized_attention, args.gradient_checkpointing)
+    module = AdapterTraining(adapter, frozen.base_model, ATTENTION, args.gradient_checkpointing)
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     log.info("training a %s: %.1fM parameters", adapter.spec.describe,
              sum(p.numel() for p in adapter.parameters()) / 1e6)
@@ -173,7 +180,7 @@ def model_inputs(run: Run, batch: dict, device) -> dict:
                                                     zip(batch["pixels"], batch["text"])], run.feature, torch.float32)
         latents, features, context, pooled = (encoded["latents"], encoded["features"], encoded["context"],
                                                encoded.get("pooled"))
-    world, rank = run.args._world, run.args._rank
+    world, rank = run.world, run.rank
     positions = batch["position"].tolist() if run.dataset_size else [p * world + rank for p in batch["position"]]
     sampling = frozen.base_model.model_sampling
     draws = draw(run.args.seed, positions, latents.shape[1:], len(sampling.sigmas), run.rates)
@@ -227,7 +234,7 @@ def count_skipped(run: Run, batch: dict) -> None:
         log.warning("skipped %d bad sample(s) (%s); %d so far", sum(new.values()), dict(new),
                     sum(run.skipped.values()))
     run.bad_run = 0 if batch["size"] else run.bad_run + sum(new.values())
-    limit = max(run.dataset_size, 1) * max(run.args._world, 1)
+    limit = max(run.dataset_size, 1) * max(run.world, 1)
     if run.bad_run >= limit and run.dataset_size:
         raise DataError(f"no usable training sample: the last {run.bad_run} samples were all skipped "
                         f"({dict(run.skipped)}); check the images and their .txt captions")
@@ -313,7 +320,6 @@ def make_accelerator(args):
     trackers = "tensorboard" if _has_tensorboard() else None
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision, log_with=trackers, project_config=project)
-    args._rank, args._world = accelerator.process_index, accelerator.num_processes
     if trackers:
         accelerator.init_trackers("ipadapter", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
@@ -344,13 +350,10 @@ def main(argv=None) -> Path:
         log.info("resumed from %s at step %d", checkpoint, step)
     loader, size, cached = get_dataloaders(args, accelerator, step * args.gradient_accumulation_steps)
     run = Run(args, frozen, feature, *unconditional_inputs(args, frozen, cached, feature), cached=cached,
-              dataset_size=size, rates=DropRates(args.drop_image, args.drop_text, args.drop_both), skipped=skipped)
+              dataset_size=size, rates=DropRates(args.drop_image, args.drop_text, args.drop_both), skipped=skipped,
+              rank=accelerator.process_index, world=accelerator.num_processes)
     if step < args.max_steps:
         step = train_loop(accelerator, module, optimizer, loader, run, step)
     save(accelerator, module, args, step, run, final=True)
     accelerator.end_training()
     return Path(args.output_dir) / adapter_filename(args.name)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,5 @@
 """Validation images for a fixed set of image prompts, made through the nodes' own code path
-(``nodes/host.encode_image_prompt`` + ``apply_ip_adapter`` + the host's sampler + VAE decode), with CLIP-I (cosine
+(``host/vision.encode_image_prompt`` + ``host/patching.apply_ip_adapter`` + the host's sampler + VAE decode), with CLIP-I (cosine
 of the image encoder's embeddings of generated image and image prompt) logged to the trackers."""
 import copy
 import logging
@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..host import loaders, patching
+from ..host.files import LoadedAdapter
+from ..host.vision import encode_image_prompt
 from .data import load_image
-from .hosting import import_extension
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +25,13 @@ def _image_batch(path: str, size: int) -> torch.Tensor:
 def generate(frozen, adapter, image: torch.Tensor, *, size: int, steps: int, cfg: float, seed: int,
              weight: float = 1.0) -> torch.Tensor:
     """One image (1, R, R, 3) for an image prompt, with an empty text prompt (the paper's image-only setting)."""
-    import comfy.sample
-    host = import_extension().nodes.host
-    loaded = host.LoadedAdapter("training", adapter)
-    prompt = host.encode_image_prompt(frozen.clip_vision, image)
-    model = host.apply_ip_adapter(frozen.patcher, loaded, prompt, weight, 0.0, 1.0)
+    loaded = LoadedAdapter("training", adapter)
+    prompt = encode_image_prompt(frozen.clip_vision, image)
+    model = patching.apply_ip_adapter(frozen.patcher, loaded, prompt, weight, 0.0, 1.0)
     cond, pooled = frozen.clip.encode_from_tokens(frozen.clip.tokenize(""), return_pooled=True)
     positive = negative = [[cond, {"pooled_output": pooled}]]  # empty text on both sides: image-only
     latent = torch.zeros(1, 4, size // 8, size // 8)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
-                                  disable_pbar=True, seed=seed)
+    samples = loaders.sample(model, latent, seed, steps, cfg, positive, negative)
     return frozen.vae.decode(samples).clamp(0, 1)[..., :3].float().cpu()  # (1, R, R, 3)
 
 

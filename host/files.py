@@ -1,0 +1,103 @@
+"""Files on the host's folders: ``models/ipadapter`` (adapters) and ``input|output/image_prompts`` (saved prompts)."""
+import logging
+import os
+from dataclasses import dataclass
+
+import comfy.ops
+import folder_paths
+
+from ..ipadapter_core import (ImagePrompt, IPAdapterModel, check_filename_prefix, load_adapter_file,
+                              load_image_prompt, save_image_prompt)
+
+FOLDER = "ipadapter"
+EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth"}
+PROMPT_SUBFOLDER = "image_prompts"
+log = logging.getLogger(__name__)
+
+
+def register_model_folder() -> None:
+    """``models/ipadapter``, keeping paths that ``extra_model_paths.yaml`` already added."""
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
+    folder_paths.folder_names_and_paths[FOLDER][1].update(EXTENSIONS)
+
+
+def adapter_names() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER)
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """The IPADAPTER socket value."""
+    name: str
+    model: IPAdapterModel
+
+    @property
+    def spec(self):
+        return self.model.spec
+
+
+def load_adapter(path: str) -> LoadedAdapter:
+    """A weight file (a path, checked and strictly loaded) -> the IPADAPTER value; host ops for manual casting."""
+    state_dict, spec = load_adapter_file(path)
+    model = IPAdapterModel.from_state_dict(state_dict, operations=comfy.ops.manual_cast)
+    log.info("IP-Adapter %s: %s", os.path.basename(path), spec.describe)
+    return LoadedAdapter(os.path.basename(path), model)
+
+
+def load_named_adapter(name: str) -> LoadedAdapter:
+    """A file listed in ``models/ipadapter`` (the loader node's widget value)."""
+    return load_adapter(folder_paths.get_full_path_or_raise(FOLDER, name))
+
+
+def saved_image_prompts() -> list[str]:
+    """Saved prompts under input/image_prompts and output/image_prompts, as the host's annotated names."""
+    found = []
+    for kind, root in (("input", folder_paths.get_input_directory()), ("output", folder_paths.get_output_directory())):
+        folder = os.path.join(root, PROMPT_SUBFOLDER)
+        if not os.path.isdir(folder):
+            continue
+        names = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+        suffix = "" if kind == "input" else " [output]"
+        found += [f"{PROMPT_SUBFOLDER}/{name}{suffix}" for name in names]
+    return found
+
+
+def save_prompt(prompt: ImagePrompt, filename_prefix: str) -> str:
+    """Write output/image_prompts/<prefix>_00001_.safetensors (numbered like the host's image saves)."""
+    prefix = f"{PROMPT_SUBFOLDER}/{check_filename_prefix(filename_prefix)}"
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory())
+    os.makedirs(folder, exist_ok=True)
+    file = f"{name}_{counter:05}_.safetensors"
+    save_image_prompt(os.path.join(folder, file), prompt)
+    return f"{subfolder}/{file} [output]" if subfolder else f"{file} [output]"
+
+
+def prompt_path(name: str) -> str:
+    """The file behind a saved prompt's annotated name, or an error saying where to put it."""
+    path = folder_paths.get_annotated_filepath(name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no saved image prompt '{name}': save one with Save Image Prompt, or put the file "
+                                f"in input/{PROMPT_SUBFOLDER}/")
+    return path
+
+
+def prompt_fingerprint(name: str):
+    """What changes when a saved prompt is written again under the same name (size, modification time)."""
+    try:
+        stat = os.stat(folder_paths.get_annotated_filepath(name))
+    except OSError:
+        return None  # the load reports the missing file
+    return stat.st_size, stat.st_mtime_ns
+
+
+def adapter_fingerprint(name: str):
+    path = folder_paths.get_full_path(FOLDER, name)
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def load_prompt(name: str) -> ImagePrompt:
+    return load_image_prompt(prompt_path(name))

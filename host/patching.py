@@ -1,0 +1,85 @@
+"""Apply IP-Adapter: policy (presets, start/end, curves, masks) resolved to plain data at apply time, then one
+patch object per cross-attention layer on a clone of the model, through the host's public patch API."""
+from dataclasses import dataclass
+
+import torch
+
+from ..ipadapter_core import (IPAttentionPatch, LAYOUTS, ImagePrompt, InputError, build_branches, check_mask,
+                              curve_values, finite_number, finite_tensors, layer_weights)
+from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE
+from .unet import ATTENTION, check_model_fits
+
+CURVE_POINTS = 33
+
+
+def sigma_range(model, start_at: float, end_at: float) -> tuple[float, float] | None:
+    """Fractions of the schedule -> (sigma at start, sigma at end); None when the branch is always on."""
+    if start_at <= 0.0 and end_at >= 1.0:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    return float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at))
+
+
+def weight_schedule(model, curve: str, start_at: float, end_at: float):
+    """A weight curve over [start_at, end_at] as (sigmas (K,) descending, multipliers (K,)); None if constant."""
+    if curve == "constant":
+        return None
+    sampling = model.get_model_object("model_sampling")
+    fractions = [start_at + (end_at - start_at) * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
+    # percent_to_sigma(0) is a sentinel (a huge sigma); the first real sigma stands for the start.
+    sigmas = [float(sampling.percent_to_sigma(max(f, 1e-4))) for f in fractions]
+    return torch.tensor(sigmas), torch.tensor(curve_values(curve, CURVE_POINTS))
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """What the advanced node adds to weight/start/end, resolved to plain data at apply time."""
+    layer_preset: str = "linear"
+    composition_weight: float = 1.0
+    custom_layer_weights: str = ""
+    weight_curve: str = "constant"
+    attn_mask: torch.Tensor | None = None  # MASK (M, H, W) or (H, W)
+    unfold_batch: bool = False
+
+
+def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: float, options: ApplyOptions):
+    """Everything a script or an API graph could send that would poison sampling, refused before it starts."""
+    finite_number("weight", weight, *WEIGHT_RANGE)
+    finite_number("start_at", start_at, *FRACTION_RANGE)
+    finite_number("end_at", end_at, *FRACTION_RANGE)
+    finite_number("composition_weight", options.composition_weight, *WEIGHT_RANGE)
+    if start_at > end_at:
+        raise InputError(f"start_at {start_at} is after end_at {end_at}: swap them (weight 0 turns the adapter off)")
+    if options.attn_mask is not None:
+        check_mask("attn_mask", options.attn_mask)
+    finite_tensors("image_prompt", prompt.named_tensors(), fix="encode the images again (or re-save the prompt)",
+                   error=InputError)
+
+
+def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_at: float, end_at: float,
+                     options: ApplyOptions = ApplyOptions()):
+    """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before)."""
+    check_inputs(prompt, weight, start_at, end_at, options)
+    check_model_fits(model, adapter)
+    prompt.check_fits(adapter.spec)
+    patched = model.clone()
+    weights = layer_weights(adapter.spec.family, options.layer_preset, weight,
+                            composition_weight=options.composition_weight, custom=options.custom_layer_weights)
+    if not weights or start_at >= end_at:
+        return patched
+    mask = options.attn_mask
+    branches = build_branches(
+        adapter.model, prompt, weight, sigma_range(model, start_at, end_at), options.unfold_batch,
+        layer_weights=weights, schedule=weight_schedule(model, options.weight_curve, start_at, end_at),
+        mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]))
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for site in LAYOUTS[adapter.spec.family]:
+        if site.n not in branches:
+            continue
+        previous = existing.get(site.key, existing.get(site.key[:2]))
+        if isinstance(previous, IPAttentionPatch):
+            patch = previous.stacked(branches[site.n])
+        else:
+            patch = IPAttentionPatch((branches[site.n],), attention=ATTENTION, inner=previous)
+        patched.set_model_attn2_replace(patch, *site.key)
+    return patched
