@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import comfy.ops
 import folder_paths
 
-from ..ipadapter_core import (ImagePrompt, IPAdapterModel, check_filename_prefix, load_adapter_file,
+from ..ipadapter_core import (ImagePrompt, InputError, IPAdapterModel, check_filename_prefix, load_adapter_file,
                               load_image_prompt, save_image_prompt)
 
 FOLDER = "ipadapter"
@@ -44,6 +44,14 @@ def load_adapter(path: str) -> LoadedAdapter:
     return LoadedAdapter(os.path.basename(path), model)
 
 
+def check_adapter_name(name: str) -> None:
+    names = adapter_names()
+    if name not in names:
+        found = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "none"
+        raise InputError(f"ipadapter_name: '{name}' is not in models/ipadapter (found: {found}): put the file "
+                         "there, or pick one of the list")
+
+
 def load_named_adapter(name: str) -> LoadedAdapter:
     """A file listed in ``models/ipadapter`` (the loader node's widget value)."""
     return load_adapter(folder_paths.get_full_path_or_raise(FOLDER, name))
@@ -79,6 +87,12 @@ def prompt_path(name: str) -> str:
         raise FileNotFoundError(f"no saved image prompt '{name}': save one with Save Image Prompt, or put the file "
                                 f"in input/{PROMPT_SUBFOLDER}/")
     return path
+
+
+def check_prompt_name(name: str) -> None:
+    if name not in saved_image_prompts():
+        raise InputError(f"prompt_file: '{name}' is not a saved image prompt in input/ or output/"
+                         f"{PROMPT_SUBFOLDER}/: save one with Save Image Prompt, or pick one of the list")
 
 
 def prompt_fingerprint(name: str):

@@ -55,6 +55,10 @@ def check_inputs(clip_vision, image, negative_image, fit: str, batch_size: int) 
     if negative_image is not None:
         check_images("negative_image", negative_image)
     choice("fit", fit, FIT_MODES)
+    check_batch_size(batch_size)
+
+
+def check_batch_size(batch_size) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise InputError(f"batch_size is {batch_size!r}: give a whole number from 1 to {MAX_BATCH}")
 

@@ -1,6 +1,8 @@
 """Pixel-space helpers for reference images: IMAGE tensors are (n, H, W, 3) floats in [0, 1], as in the host."""
 import torch
 
+from .checks import check_images, choice, finite_number
+
 FIT_MODES = ("center crop", "top/left crop", "bottom/right crop", "pad", "squash")
 NOISE_KINDS = ("fade", "dissolve", "gaussian", "shuffle")
 
@@ -38,8 +40,10 @@ def noise_image(kind: str, strength: float, seed: int, image: torch.Tensor | Non
     fade: blend towards uniform noise by ``strength``; dissolve: a ``strength`` fraction of the pixels replaced by
     noise; gaussian: grey-centred gaussian noise of standard deviation ``strength`` / 2 added; shuffle: the pixels
     moved to random places, blended in by ``strength``. Same seed, same image."""
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+    choice("kind", kind, NOISE_KINDS)
+    finite_number("strength", strength, 0.0, 1.0)
+    if image is not None:
+        check_images("image", image)
     base = torch.full((1, size, size, 3), 0.5) if image is None else image[..., :3].float().cpu()
     gen = torch.Generator().manual_seed(seed)
     noise = torch.rand(base.shape, generator=gen)  # (n, H, W, 3)

@@ -82,10 +82,12 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weight=None, start_at=None, end_at=None, composition_weight=None, layer_weights=None,
-                        custom_layer_weights=None):
+                        custom_layer_weights=None, weight_curve=None):
         checks = _check_strength(weight, start_at, end_at, composition_weight)
-        if layer_weights is not None:  # listed here, so the host leaves the option check to us
+        if layer_weights is not None:  # the host does not check V3 options itself
             checks.append(lambda: choice("layer_weights", layer_weights, LAYER_PRESETS))
+        if weight_curve is not None:
+            checks.append(lambda: choice("weight_curve", weight_curve, CURVES))
         if layer_weights == "custom" and custom_layer_weights is not None:
             checks.append(lambda: check_custom_weights(custom_layer_weights))
         return verdict(*checks)

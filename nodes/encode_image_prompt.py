@@ -1,7 +1,7 @@
 """Encode Image Prompt: CLIP vision + reference image(s) -> IMAGE_PROMPT."""
 from ..host import vision
-from ..ipadapter_core import FIT_MODES
-from .sockets import CATEGORY, ImagePrompt, io
+from ..ipadapter_core import FIT_MODES, choice
+from .sockets import CATEGORY, ImagePrompt, io, verdict
 
 
 class EncodeImagePrompt(io.ComfyNode):
@@ -27,6 +27,13 @@ class EncodeImagePrompt(io.ComfyNode):
             ],
             outputs=[ImagePrompt.Output(display_name="image_prompt", tooltip=(
                 "Pooled embeddings and hidden states of the images and of their negative."))])
+
+    @classmethod
+    def validate_inputs(cls, fit=None, batch_size=None):
+        checks = [] if fit is None else [lambda: choice("fit", fit, FIT_MODES)]
+        if batch_size is not None:
+            checks.append(lambda: vision.check_batch_size(batch_size))
+        return verdict(*checks)
 
     @classmethod
     def execute(cls, clip_vision, image, negative_image=None, fit="center crop", batch_size=8):

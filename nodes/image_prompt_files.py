@@ -34,6 +34,10 @@ class LoadImagePrompt(io.ComfyNode):
             outputs=[ImagePrompt.Output(display_name="image_prompt")])
 
     @classmethod
+    def validate_inputs(cls, prompt_file=None):
+        return verdict(*([] if prompt_file is None else [lambda: files.check_prompt_name(prompt_file)]))
+
+    @classmethod
     def fingerprint_inputs(cls, prompt_file):
         """Size and modification time of the file: a prompt saved again under the same name is read again."""
         return files.prompt_fingerprint(prompt_file)

@@ -1,6 +1,6 @@
 """Load IP-Adapter: a weight file from models/ipadapter -> IPADAPTER."""
 from ..host import files
-from .sockets import CATEGORY, IPAdapter, io
+from .sockets import CATEGORY, IPAdapter, io, verdict
 
 
 class LoadIPAdapter(io.ComfyNode):
@@ -15,6 +15,10 @@ class LoadIPAdapter(io.ComfyNode):
                 "'ipadapter')."))],
             outputs=[IPAdapter.Output(display_name="ipadapter", tooltip=(
                 "The adapter: its image projection and per-layer key/value weights."))])
+
+    @classmethod
+    def validate_inputs(cls, ipadapter_name=None):
+        return verdict(*([] if ipadapter_name is None else [lambda: files.check_adapter_name(ipadapter_name)]))
 
     @classmethod
     def fingerprint_inputs(cls, ipadapter_name):

@@ -1,0 +1,338 @@
+"""Bad input to every node, run as the host runs a queued graph (its validation, then its executor under
+inference mode, in this process): each case is refused with a one-line message naming the input, the problem and
+the fix, either before anything runs (validation) or before sampling (execution), and the same executor then runs
+the corrected graph. One row per case; README.md "Bad input" lists what each gets."""
+import math
+import pickle
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import safetensors.torch
+import torch
+
+from conftest import HOST, NO_HOST_REASON
+from tiny_adapters import CTX, EMBED, HIDDEN, random_prompt, tiny_adapter
+
+pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+NAN, INF = float("nan"), float("inf")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (open, ("pwned", "w"))
+
+
+def _write(path, state_dict):
+    flat = {f"{p}.{k}": v.contiguous() for p in state_dict for k, v in state_dict[p].items()}
+    safetensors.torch.save_file(flat, str(path))
+
+
+def _adapter_files(folder, widths):
+    """Good and broken adapter files, by name."""
+    good = tiny_adapter("base", widths, 1)
+    _write(folder / "good.safetensors", good)
+    variants = {
+        "nan_proj.safetensors": ("image_proj", "proj.weight", lambda t: t.index_fill(0, torch.tensor([3, 5]), NAN)),
+        "inf_layer.safetensors": ("ip_adapter", "7.to_v_ip.weight", lambda t: t.index_fill(1, torch.tensor([0]), INF)),
+        "int_dtype.safetensors": ("ip_adapter", "1.to_k_ip.weight", lambda t: (t * 100).to(torch.int64)),
+        "bool_dtype.safetensors": ("image_proj", "norm.bias", lambda t: t > 0),
+    }
+    for name, (part, key, change) in variants.items():
+        broken = {p: dict(v) for p, v in good.items()}
+        broken[part][key] = change(broken[part][key])
+        _write(folder / name, broken)
+    data = (folder / "good.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    safetensors.torch.save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(4, 3, 2, 2)},
+                                str(folder / "clip_vision_file.safetensors"))
+    faceid = {"image_proj": {"proj.0.weight": torch.zeros(64, 512), "proj.0.bias": torch.zeros(64),
+                             "proj.2.weight": torch.zeros(4 * CTX, 64), "proj.2.bias": torch.zeros(4 * CTX),
+                             "norm.weight": torch.ones(CTX), "norm.bias": torch.zeros(CTX)},
+              "ip_adapter": good["ip_adapter"]}
+    _write(folder / "faceid.safetensors", faceid)
+    with open(folder / "code.bin", "wb") as f:
+        pickle.dump({"image_proj": _Payload(), "ip_adapter": {}}, f)
+    wide = {"image_proj": {"proj.weight": torch.randn(8 * CTX, EMBED) * 0.1, "proj.bias": torch.zeros(8 * CTX),
+                           "norm.weight": torch.ones(2 * CTX), "norm.bias": torch.zeros(2 * CTX)},
+            "ip_adapter": {f"{2 * i + 1}.to_{kv}_ip.weight": torch.randn(width, 2 * CTX) * 0.1
+                           for i, width in enumerate(widths) for kv in "kv"}}
+    _write(folder / "other_model.safetensors", wide)  # cross-attention width 64: made for another model
+
+
+def _prompt_files(ext, folder, prompt):
+    folder.mkdir(parents=True)
+    core = ext.ipadapter_core
+    core.save_image_prompt(folder / "good.safetensors", prompt)
+    data = (folder / "good.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    bad = core.ImagePrompt(prompt.embeds.clone().fill_(NAN), prompt.hidden, prompt.uncond_embeds, prompt.uncond_hidden)
+    core.save_image_prompt(folder / "nan.safetensors", bad)
+    safetensors.torch.save_file({"proj.weight": torch.zeros(2, 2)}, str(folder / "foreign.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def world(ext, tmp_path_factory):
+    """The tiny SD1.5 model, encoder, adapters and files every case draws from; the host's folders pointed at a
+    temporary base for the module."""
+    import folder_paths
+    import graph_runner
+    from host_models import tiny_clip_vision
+    from parity_models import build_pair
+    root = tmp_path_factory.mktemp("bad_inputs")
+    patcher, _, info = build_pair("sd15", seed=0, context_dim=CTX)
+    widths = [w for _, w in info["cross_attn"]]
+    (root / "ipadapter").mkdir()
+    _adapter_files(root / "ipadapter", widths)
+    folder_paths.add_model_folder_path("ipadapter", str(root / "ipadapter"))
+    clip_vision = tiny_clip_vision(root, seed=3, hidden_size=HIDDEN, projection_dim=EMBED)
+    with torch.inference_mode():
+        prompt = ext.host.vision.encode_image_prompt(clip_vision, torch.rand(2, 32, 32, 3))
+    saved_input = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(root / "input"))
+    _prompt_files(ext, root / "input" / "image_prompts", prompt)
+    graph_runner.register(ext.nodes.NODE_CLASS_MAPPINGS)
+    adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "good.safetensors"))
+    other = random_prompt(ext, 1, 5)
+    other = ext.ipadapter_core.ImagePrompt(other.embeds[:, :8], other.hidden[..., :40], other.uncond_embeds[:, :8],
+                                           other.uncond_hidden[..., :40])  # another encoder's widths
+    other_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "other_model.safetensors"))
+    yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt, other_prompt=other,
+               root=root, runner=graph_runner)
+    folder_paths.set_input_directory(saved_input)
+
+
+# --------------------------------------------------------------------------------------------- graphs
+
+def _graph(w, node, inputs, keep=True):
+    """{our node with ``inputs``} (+ Keep of its first output); inputs whose value is a tuple ("TYPE", obj) are
+    given by a source node (a link), everything else is a widget constant."""
+    graph, wired = {}, {}
+    for name, value in inputs.items():
+        if isinstance(value, tuple):
+            source = str(len(graph) + 10)
+            graph[source] = w["runner"].value(*value)
+            wired[name] = [source, 0]
+        else:
+            wired[name] = value
+    graph["1"] = {"class_type": node, "inputs": wired}
+    if keep:
+        graph["2"] = {"class_type": "Keep", "inputs": {"value": ["1", 0], "slot": "out"}}
+    return graph
+
+
+def _apply(w, node="ApplyIPAdapter", **over):
+    inputs = {"model": ("MODEL", w["model"]), "ipadapter": ("IPADAPTER", w["adapter"]),
+              "image_prompt": ("IMAGE_PROMPT", w["prompt"]), "weight": 1.0, "start_at": 0.0, "end_at": 1.0}
+    if node == "ApplyIPAdapterAdvanced":
+        inputs.update(layer_weights="linear", composition_weight=1.0, custom_layer_weights="",
+                      weight_curve="constant", unfold_batch=False)
+    inputs.update(over)
+    return _graph(w, node, inputs)
+
+
+def _advanced(w, **over):
+    return _apply(w, "ApplyIPAdapterAdvanced", **over)
+
+
+def _encode(w, **over):
+    inputs = {"clip_vision": ("CLIP_VISION", w["clip_vision"]), "image": ("IMAGE", torch.rand(2, 32, 32, 3)),
+              "fit": "center crop", "batch_size": 8}
+    inputs.update(over)
+    return _graph(w, "EncodeImagePrompt", inputs)
+
+
+def _load(w, name):
+    return _graph(w, "LoadIPAdapter", {"ipadapter_name": name})
+
+
+def _combine(w, method="weighted average", weights="1, 1, 1, 1", second=None):
+    second = w["prompt"] if second is None else second
+    return _graph(w, "CombineImagePrompts", {"image_prompt": ("IMAGE_PROMPT", w["prompt"]), "method": method,
+                                             "weights": weights, "image_prompt_2": ("IMAGE_PROMPT", second)})
+
+
+def _noise(w, **over):
+    inputs = {"kind": "fade", "strength": 0.6, "seed": 0}
+    inputs.update(over)
+    return _graph(w, "ImagePromptNoise", inputs)
+
+
+def _save(w, prefix):
+    return _graph(w, "SaveImagePrompt", {"image_prompt": ("IMAGE_PROMPT", w["prompt"]), "filename_prefix": prefix},
+                  keep=False)
+
+
+def _load_prompt(w, name):
+    return _graph(w, "LoadImagePrompt", {"prompt_file": name})
+
+
+def _nan_mask():
+    mask = torch.ones(16, 16)
+    mask[2, 3] = NAN
+    return mask
+
+
+# --------------------------------------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    bad: Callable  # world -> graph
+    good: Callable  # world -> the corrected graph, which must then run
+    phase: str  # "validation": refused before anything runs; "execution": refused when the node runs
+    needles: tuple  # the message names these (the input, the problem, the fix)
+
+
+CASES = [
+    # Load IP-Adapter: the file
+    Case("adapter file with NaN in the projection", lambda w: _load(w, "nan_proj.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution",
+         ("nan_proj.safetensors", "image_proj.proj.weight", f"has {2 * EMBED} NaN/Inf", "another copy")),
+    Case("adapter file with Inf in a to_v_ip", lambda w: _load(w, "inf_layer.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution",
+         ("inf_layer.safetensors", "ip_adapter.7.to_v_ip.weight", "has 64 NaN/Inf")),  # layer 7: 64 wide
+    Case("adapter file with an integer tensor", lambda w: _load(w, "int_dtype.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("ip_adapter.1.to_k_ip.weight", "torch.int64")),
+    Case("adapter file with a bool tensor", lambda w: _load(w, "bool_dtype.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("image_proj.norm.bias", "torch.bool")),
+    Case("truncated adapter file", lambda w: _load(w, "truncated.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("truncated.safetensors", "truncated", "again")),
+    Case("a CLIP vision file as adapter", lambda w: _load(w, "clip_vision_file.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("not an IP-Adapter", "CLIP vision")),
+    Case("a FaceID file", lambda w: _load(w, "faceid.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("FaceID", "not supported")),
+    Case("a .bin file holding code", lambda w: _load(w, "code.bin"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("code.bin", "holds code instead of tensors")),
+    Case("an adapter name not in models/ipadapter", lambda w: _load(w, "missing.safetensors"),
+         lambda w: _load(w, "good.safetensors"), "validation", ("ipadapter_name", "missing.safetensors")),
+    # Encode Image Prompt: images, encoder, numbers
+    Case("empty IMAGE batch", lambda w: _encode(w, image=("IMAGE", torch.zeros(0, 32, 32, 3))),
+         _encode, "execution", ("image", "empty batch", "at least one image")),
+    Case("NaN pixels in the reference", lambda w: _encode(w, image=("IMAGE", torch.rand(2, 32, 32, 3).index_fill(
+        1, torch.tensor([4]), NAN))), _encode, "execution", ("image has", "NaN/Inf pixel", "image 0")),
+    Case("Inf pixels in the negative image", lambda w: _encode(w, negative_image=(
+        "IMAGE", torch.full((1, 32, 32, 3), INF))), lambda w: _encode(w, negative_image=(
+            "IMAGE", torch.rand(1, 32, 32, 3))), "execution", ("negative_image", "NaN/Inf")),
+    Case("not an image (wrong shape)", lambda w: _encode(w, image=("IMAGE", torch.rand(32, 32, 3))),
+         _encode, "execution", ("image", "(B, H, W, 3)")),
+    Case("negative images not matching the references", lambda w: _encode(w, image=(
+        "IMAGE", torch.rand(3, 32, 32, 3)), negative_image=("IMAGE", torch.rand(2, 32, 32, 3))), _encode,
+         "execution", ("negative_image has 2 images for 3", "one per reference")),
+    Case("batch_size 0", lambda w: _encode(w, batch_size=0), _encode, "validation", ("batch_size is 0", "1 to 256")),
+    Case("batch_size above the widget's range", lambda w: _encode(w, batch_size=257), _encode, "validation",
+         ("batch_size is 257", "1 to 256")),
+    Case("batch_size linked from a script, out of range", lambda w: _encode(w, batch_size=("INT", -3)), _encode,
+         "execution", ("batch_size is -3", "1 to 256")),
+    Case("unknown fit", lambda w: _encode(w, fit="stretch"), _encode, "validation", ("fit", "stretch")),
+    # Apply IP-Adapter: numbers, masks, pairings
+    Case("weight NaN in an API graph", lambda w: _apply(w, weight=NAN), _apply, "validation",
+         ("weight is nan", "finite")),
+    Case("weight Inf from a linked node", lambda w: _apply(w, weight=("FLOAT", INF)), _apply, "execution",
+         ("weight is inf", "finite")),
+    Case("weight beyond its range", lambda w: _apply(w, weight=5.5), lambda w: _apply(w, weight=5.0),
+         "validation", ("weight is 5.5", "outside -2.0…5.0")),
+    Case("weight below its range, linked", lambda w: _apply(w, weight=("FLOAT", -2.5)),
+         lambda w: _apply(w, weight=("FLOAT", -2.0)), "execution", ("weight is -2.5", "outside")),
+    Case("start_at NaN", lambda w: _apply(w, start_at=NAN), _apply, "validation", ("start_at is nan",)),
+    Case("end_at beyond 1", lambda w: _apply(w, end_at=1.5), _apply, "validation", ("end_at is 1.5",)),
+    Case("start_at after end_at", lambda w: _apply(w, start_at=0.8, end_at=0.2),
+         lambda w: _apply(w, start_at=0.2, end_at=0.8), "execution", ("start_at 0.8 is after end_at 0.2", "swap")),
+    Case("attn_mask with NaN", lambda w: _apply(w, attn_mask=("MASK", _nan_mask())),
+         lambda w: _apply(w, attn_mask=("MASK", torch.ones(16, 16))), "execution", ("attn_mask has 1 NaN/Inf",)),
+    Case("empty attn_mask", lambda w: _apply(w, attn_mask=("MASK", torch.zeros(0, 16, 16))),
+         lambda w: _apply(w, attn_mask=("MASK", torch.ones(1, 16, 16))), "execution", ("attn_mask is empty",)),
+    Case("image prompt of another encoder", lambda w: _apply(w, image_prompt=("IMAGE_PROMPT", w["other_prompt"])),
+         _apply, "execution", ("encoded with", "Load CLIP Vision", "encode the image again")),
+    Case("adapter for another model", lambda w: _apply(w, ipadapter=("IPADAPTER", w["other_adapter"])),
+         _apply, "execution", ("other_model.safetensors", "cross-attention width", "Use an IP-Adapter for this model")),
+    Case("image prompt with NaN (from a script)", lambda w: _apply(w, image_prompt=("IMAGE_PROMPT", _nan_prompt(w))),
+         _apply, "execution", ("image_prompt", "NaN/Inf", "encode the images again")),
+    # Apply IP-Adapter (Advanced): the layer weights text and the rest
+    Case("custom layer weights with a word", lambda w: _advanced(w, layer_weights="custom",
+                                                                  custom_layer_weights="1, x"),
+         lambda w: _advanced(w, layer_weights="custom", custom_layer_weights="input 1=1"), "validation",
+         ("custom_layer_weights", "'x' is not a number")),
+    Case("custom layer weights of the wrong count", lambda w: _advanced(w, layer_weights="custom",
+                                                                         custom_layer_weights="1, 1, 1"),
+         lambda w: _advanced(w, layer_weights="custom", custom_layer_weights=", ".join(["1"] * 16)), "execution",
+         ("custom_layer_weights lists 3 numbers", "16 layers")),
+    Case("custom layer weights naming no layer", lambda w: _advanced(w, layer_weights="custom",
+                                                                      custom_layer_weights="input 99=1"),
+         lambda w: _advanced(w, layer_weights="custom", custom_layer_weights="input 1=1"), "execution",
+         ("'input 99' names no layer",)),
+    Case("custom layer weights with inf", lambda w: _advanced(w, layer_weights="custom",
+                                                               custom_layer_weights="output 1=inf"),
+         lambda w: _advanced(w, layer_weights="custom", custom_layer_weights="output 3=1"), "validation",
+         ("custom_layer_weights", "not a finite number")),
+    Case("composition_weight NaN", lambda w: _advanced(w, composition_weight=NAN), _advanced, "validation",
+         ("composition_weight is nan",)),
+    Case("unknown layer preset", lambda w: _advanced(w, layer_weights="weak middle"), _advanced, "validation",
+         ("layer_weights", "weak middle")),
+    # Combine Image Prompts: the weights text, the pairing
+    Case("weights that are not numbers", lambda w: _combine(w, weights="a,b"), _combine, "validation",
+         ("weights: 'a' is not a number", "separated by commas", "e.g.")),
+    Case("weights of the wrong count", lambda w: _combine(w, weights="1, 2"), _combine, "execution",
+         ("weights", "got 2 for 4 images", "give 4 numbers")),
+    Case("weights summing to 0", lambda w: _combine(w, weights="1, -1, 1, -1"), _combine, "execution",
+         ("weights sum to 0",)),
+    Case("weights with NaN", lambda w: _combine(w, weights="1, nan, 1, 1"), _combine, "validation",
+         ("weights: 'nan' is not a finite number",)),
+    Case("prompts of two encoders", lambda w: _combine(w, method="concat", second=w["other_prompt"]),
+         lambda w: _combine(w, method="concat"), "execution", ("different CLIP vision models",)),
+    # Image Prompt Noise
+    Case("noise strength beyond 1", lambda w: _noise(w, strength=1.5), _noise, "validation", ("strength is 1.5",)),
+    Case("noise strength NaN", lambda w: _noise(w, strength=NAN), _noise, "validation", ("strength is nan",)),
+    Case("noise of an empty batch", lambda w: _noise(w, image=("IMAGE", torch.zeros(0, 8, 8, 3))), _noise,
+         "execution", ("image is an empty batch",)),
+    # Save / Load Image Prompt
+    Case("empty filename_prefix", lambda w: _save(w, "  "), lambda w: _save(w, "ok"), "validation",
+         ("filename_prefix is empty",)),
+    Case("filename_prefix leaving the folder", lambda w: _save(w, "../../escape"), lambda w: _save(w, "sub/ok"),
+         "validation", ("leaves output/image_prompts/", "without '..'")),
+    Case("truncated saved prompt", lambda w: _load_prompt(w, "image_prompts/truncated.safetensors"),
+         lambda w: _load_prompt(w, "image_prompts/good.safetensors"), "execution",
+         ("truncated.safetensors", "truncated or corrupt", "save it again")),
+    Case("saved prompt with NaN", lambda w: _load_prompt(w, "image_prompts/nan.safetensors"),
+         lambda w: _load_prompt(w, "image_prompts/good.safetensors"), "execution", ("nan.safetensors", "embeds",
+                                                                                    "NaN/Inf")),
+    Case("a foreign file as saved prompt", lambda w: _load_prompt(w, "image_prompts/foreign.safetensors"),
+         lambda w: _load_prompt(w, "image_prompts/good.safetensors"), "execution", ("not a saved image prompt",)),
+    Case("a saved prompt name that does not exist", lambda w: _load_prompt(w, "image_prompts/none.safetensors"),
+         lambda w: _load_prompt(w, "image_prompts/good.safetensors"), "validation", ("prompt_file",)),
+]
+
+
+def _nan_prompt(w):
+    p = w["prompt"]
+    hidden = p.hidden.clone()
+    hidden[0, 1, 2] = NAN
+    return type(p)(p.embeds, hidden, p.uncond_embeds, p.uncond_hidden)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_with_a_clear_message_and_the_graph_still_runs(world, case):
+    runner = world["runner"]
+    result = runner.run(case.bad(world))
+    if case.phase == "validation":
+        assert not result.valid, "expected the host's validation to refuse the graph"
+    else:
+        assert result.valid, f"refused at validation instead of execution: {result.message}"
+        assert result.error is not None, "expected the node to refuse its input"
+        assert result.error_type.split(".")[-1] in {"InputError", "AdapterFileError", "UnsupportedAdapterError",
+                                                    "EncoderMismatchError", "ModelMismatchError", "IPAdapterError"}
+    message = result.message
+    assert "\n" not in message.strip() and len(message) < 400, message
+    for needle in case.needles:
+        assert needle in message, f"{needle!r} not in: {message}"
+    fixed = runner.run(case.good(world))
+    assert fixed.valid and fixed.error is None, fixed.message
+
+
+def test_weights_at_the_ends_of_their_ranges_are_accepted(world):
+    for weight, start, end in ((-2.0, 0.0, 1.0), (5.0, 0.0, 1.0), (1.0, 0.5, 0.5), (1.0, 1.0, 1.0)):
+        result = world["runner"].run(_apply(world, weight=weight, start_at=start, end_at=end))
+        assert result.valid and result.error is None, (weight, start, end, result.message)
+        assert math.isfinite(weight)
+        assert result.outputs["out"] is not world["model"]  # a patched clone, never the input model
+    assert not (world["root"] / "pwned").exists()
