@@ -91,81 +91,96 @@ def run():
     args = parser.parse_args()
 
     launch.import_host(cpu=not torch.cuda.is_available())
+    tmp = Path(tempfile.mkdtemp(prefix="ipadapter-bench-"))
+    try:
+        model, clip_vision, adapters = load_models(tmp)
+        import comfy.model_management
+        print(f"device {comfy.model_management.get_torch_device()}, torch threads {torch.get_num_threads()}, "
+              f"image {args.size}px, {args.steps} timed steps per configuration")
+        costs, prompt = one_off_costs(model, clip_vision, adapters, args.size)
+        patching = launch.submodule("host.patching")
+        models = {"unpatched": model}
+        models.update({k: patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0) for k, a in adapters.items()})
+        report(step_times(models, args.size, args.steps), costs, clone_costs(model, models["plus"]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_models(tmp: Path):
+    """Random-weight, full-size files in the official layouts, loaded with the host's loaders."""
     import comfy.clip_vision
-    import comfy.model_management
     import comfy.sd
     from host_models import make_clip_vision_vit_h, make_sd15_checkpoint
     from official_formats import write_random_adapter
+    files = launch.submodule("host.files")
+    make_sd15_checkpoint(str(tmp / "sd15.safetensors"))
+    make_clip_vision_vit_h(str(tmp / "vit-h.safetensors"))
+    write_random_adapter(tmp / "base.safetensors", "ip-adapter_sd15", seed=1)
+    write_random_adapter(tmp / "plus.safetensors", "ip-adapter-plus_sd15", seed=2)
+    model = comfy.sd.load_checkpoint_guess_config(str(tmp / "sd15.safetensors"), output_vae=False,
+                                                  output_clip=False)[0]
+    clip_vision = comfy.clip_vision.load(str(tmp / "vit-h.safetensors"))
+    adapters = {kind: files.load_adapter(str(tmp / f"{kind}.safetensors")) for kind in ("base", "plus")}
+    return model, clip_vision, adapters
 
-    ext = launch.import_extension()
-    glue = ext.host
-    tmp = Path(tempfile.mkdtemp(prefix="ipadapter-bench-"))
-    try:
-        make_sd15_checkpoint(str(tmp / "sd15.safetensors"))
-        make_clip_vision_vit_h(str(tmp / "vit-h.safetensors"))
-        write_random_adapter(tmp / "base.safetensors", "ip-adapter_sd15", seed=1)
-        write_random_adapter(tmp / "plus.safetensors", "ip-adapter-plus_sd15", seed=2)
-        model = comfy.sd.load_checkpoint_guess_config(str(tmp / "sd15.safetensors"), output_vae=False,
-                                                      output_clip=False)[0]
-        clip_vision = comfy.clip_vision.load(str(tmp / "vit-h.safetensors"))
-        adapters = {kind: glue.files.load_adapter(str(tmp / f"{kind}.safetensors")) for kind in ("base", "plus")}
-        device = comfy.model_management.get_torch_device()
-        print(f"device {device}, torch threads {torch.get_num_threads()}, image {args.size}px, "
-              f"{args.steps} timed steps per configuration")
 
-        # 2. one-off costs
-        image = torch.rand(1, args.size, args.size, 3)
-        clip_vision.encode_image(image)  # warm-up: weights loaded
-        t_plain = median_time(lambda: clip_vision.encode_image(image), 3)
-        start = time.perf_counter()
-        prompt = glue.vision.encode_image_prompt(clip_vision, image)
-        t_first = time.perf_counter() - start
-        t_next = median_time(lambda: glue.vision.encode_image_prompt(clip_vision, torch.rand(1, args.size, args.size, 3)), 3)
-        t_apply = {k: median_time(lambda a=a: glue.patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0), 3)
-                   for k, a in adapters.items()}
+def one_off_costs(model, clip_vision, adapters, size: int):
+    """Plain encode, first / next Encode Image Prompt, Apply per adapter (seconds), and the prompt."""
+    vision, patching = launch.submodule("host.vision"), launch.submodule("host.patching")
+    image = torch.rand(1, size, size, 3)
+    clip_vision.encode_image(image)  # warm-up: weights loaded
+    costs = {"plain": median_time(lambda: clip_vision.encode_image(image), 3)}
+    start = time.perf_counter()
+    prompt = vision.encode_image_prompt(clip_vision, image)
+    costs["first"] = time.perf_counter() - start
+    costs["next"] = median_time(lambda: vision.encode_image_prompt(clip_vision, torch.rand(1, size, size, 3)), 3)
+    for kind, adapter in adapters.items():
+        costs[kind] = median_time(lambda a=adapter: patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0), 3)
+    return costs, prompt
 
-        # 1. step time, interleaved
-        latent = args.size // 8
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, 4, latent, latent, generator=g).to(device)
-        contexts = [torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)]
-        sigma = torch.tensor([1.0], device=device)
-        models = {"unpatched": model}
-        models.update({k: glue.patching.apply_ip_adapter(model, a, prompt, 1.0, 0.0, 1.0) for k, a in adapters.items()})
-        steps = {k: step_fn(m, x, sigma, build_conds(m, x, contexts)) for k, m in models.items()}
-        for fn in steps.values():
-            fn()  # warm-up
-        samples = {k: [] for k in steps}
-        for _ in range(args.steps):
-            for k, fn in steps.items():
-                samples[k].append(median_time(fn, 1))
-        step = {k: statistics.median(v) for k, v in samples.items()}
 
-        # 3. clone
-        patched = models["plus"]
-        t_clone_plain = median_time(model.clone, 20)
-        t_clone_patched = median_time(patched.clone, 20)
-        clone = patched.clone()
-        new_bytes = sum(size for ptr, size in tensor_storages(clone.model_options).items()
-                        if ptr not in tensor_storages(patched.model_options))
-        ip_bytes = sum(tensor_storages(patched.model_options).values())
+def step_times(models: dict, size: int, steps: int) -> dict:
+    """Median time of one sampling step per model, the configurations interleaved."""
+    import comfy.model_management
+    device = comfy.model_management.get_torch_device()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device)
+    contexts = [torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)]
+    sigma = torch.tensor([1.0], device=device)
+    fns = {k: step_fn(m, x, sigma, build_conds(m, x, contexts)) for k, m in models.items()}
+    for fn in fns.values():
+        fn()  # warm-up
+    samples = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            samples[k].append(median_time(fn, 1))
+    return {k: statistics.median(v) for k, v in samples.items()}
 
-        print("\n1. sampling step (cond+uncond batch)")
-        for k in steps:
-            print(f"   {k:10s} {step[k] * 1000:9.1f} ms   ratio {step[k] / step['unpatched']:.3f}")
-        print("\n2. one-off cost")
-        print(f"   plain CLIP vision encode          {t_plain * 1000:8.1f} ms   1.00")
-        print(f"   EncodeImagePrompt, first prompt   {t_first * 1000:8.1f} ms   {t_first / t_plain:.2f}x "
-              "(includes the zero-image uncond, once per encoder)")
-        print(f"   EncodeImagePrompt, next prompts   {t_next * 1000:8.1f} ms   {t_next / t_plain:.2f}x")
-        for k, t in t_apply.items():
-            print(f"   ApplyIPAdapter ({k})              {t * 1000:8.1f} ms   {t / t_plain:.2f}x")
-        print("\n3. clone")
-        print(f"   plain model clone    {t_clone_plain * 1e6:8.1f} us")
-        print(f"   patched model clone  {t_clone_patched * 1e6:8.1f} us   ratio {t_clone_patched / t_clone_plain:.2f}")
-        print(f"   tensor bytes held by the patches {ip_bytes}; new in the clone: {new_bytes}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def clone_costs(model, patched) -> dict:
+    clone = patched.clone()
+    held = tensor_storages(patched.model_options)
+    return {"plain": median_time(model.clone, 20), "patched": median_time(patched.clone, 20),
+            "new_bytes": sum(size for ptr, size in tensor_storages(clone.model_options).items() if ptr not in held),
+            "ip_bytes": sum(held.values())}
+
+
+def report(step: dict, costs: dict, clone: dict) -> None:
+    print("\n1. sampling step (cond+uncond batch)")
+    for k in step:
+        print(f"   {k:10s} {step[k] * 1000:9.1f} ms   ratio {step[k] / step['unpatched']:.3f}")
+    plain = costs["plain"]
+    print("\n2. one-off cost")
+    print(f"   plain CLIP vision encode          {plain * 1000:8.1f} ms   1.00")
+    print(f"   EncodeImagePrompt, first prompt   {costs['first'] * 1000:8.1f} ms   {costs['first'] / plain:.2f}x "
+          "(includes the zero-image uncond, once per encoder)")
+    print(f"   EncodeImagePrompt, next prompts   {costs['next'] * 1000:8.1f} ms   {costs['next'] / plain:.2f}x")
+    for k in ("base", "plus"):
+        print(f"   ApplyIPAdapter ({k})              {costs[k] * 1000:8.1f} ms   {costs[k] / plain:.2f}x")
+    print("\n3. clone")
+    print(f"   plain model clone    {clone['plain'] * 1e6:8.1f} us")
+    print(f"   patched model clone  {clone['patched'] * 1e6:8.1f} us   ratio {clone['patched'] / clone['plain']:.2f}")
+    print(f"   tensor bytes held by the patches {clone['ip_bytes']}; new in the clone: {clone['new_bytes']}")
 
 
 if __name__ == "__main__":

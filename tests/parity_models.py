@@ -168,6 +168,21 @@ def build_pair(layout: str, seed: int = 0, context_dim: int = 32):
     import diffusers
 
     unet_config = _unet_config(layout, context_dim)
+    model, patcher = _host_model(layout, unet_config, seed)
+    dconf = _diffusers_config(layout, context_dim)
+    unet = diffusers.UNet2DConditionModel(**dconf)
+    d2h = comfy.utils.unet_to_diffusers(model.model_config.unet_config)
+    unet.load_state_dict(_converted_weights(unet.state_dict(), model.diffusion_model.state_dict(), d2h), strict=True)
+    unet = unet.float().eval()
+    cross, names, numbers = _cross_attention_order(model, unet, d2h, seed, context_dim)
+    info = dict(layout=layout, context_dim=context_dim, in_channels=IN_CHANNELS, model_channels=MODEL_CHANNELS,
+                heads=HEADS, unet_config=unet_config, diffusers_config=dconf,
+                cross_attn=cross, cross_attn_names=names, ip_numbers=numbers)
+    return patcher, unet, info
+
+
+def _host_model(layout: str, unet_config: dict, seed: int):
+    """The host's BaseModel (EPS) with the tiny config and seeded random weights, and its ModelPatcher."""
     base_cls = comfy.supported_models.SD15 if layout == "sd15" else comfy.supported_models.SDXL
     # BASE.__init__ copies unet_extra_config over the config: keep our head count.
     config_cls = type(f"Tiny{base_cls.__name__}", (base_cls,),
@@ -178,18 +193,15 @@ def build_pair(layout: str, seed: int = 0, context_dim: int = 32):
     model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS, device=offload_device)
     _randomize(model.diffusion_model, seed)
     model.diffusion_model.float().eval()
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return model, comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
-    dconf = _diffusers_config(layout, context_dim)
-    unet = diffusers.UNet2DConditionModel(**dconf)
-    host_sd = model.diffusion_model.state_dict()
-    d2h = comfy.utils.unet_to_diffusers(model_config.unet_config)
-    wanted = unet.state_dict()
+
+def _converted_weights(wanted: dict, host_sd: dict, d2h: dict) -> dict:
+    """The host UNet's weights under diffusers' names, every key and shape accounted for."""
     missing = [k for k in wanted if k not in d2h or d2h[k] not in host_sd]
     if missing:
         raise RuntimeError(f"unet_to_diffusers has no host key for {len(missing)} diffusers keys: {missing[:8]}")
-    used = {d2h[k] for k in wanted}
-    unused = sorted(set(host_sd) - used)
+    unused = sorted(set(host_sd) - {d2h[k] for k in wanted})
     if unused:
         raise RuntimeError(f"{len(unused)} host keys have no diffusers counterpart: {unused[:8]}")
     converted = {}
@@ -198,16 +210,16 @@ def build_pair(layout: str, seed: int = 0, context_dim: int = 32):
         if hv.shape != v.shape:
             raise RuntimeError(f"shape mismatch {k} {tuple(v.shape)} <- {d2h[k]} {tuple(hv.shape)}")
         converted[k] = hv.detach().float()  # load_state_dict copies
-    unet.load_state_dict(converted, strict=True)
-    unet = unet.float().eval()
+    return converted
 
-    # Cross-attention keys, in diffusers' processor order, derived from both models.
+
+def _cross_attention_order(model, unet, d2h: dict, seed: int, context_dim: int):
+    """Cross-attention keys, in diffusers' processor order, derived from both models."""
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn((1, IN_CHANNELS, 8, 8), generator=gen)
     ctx = torch.randn((1, 4, context_dim), generator=gen)
     key_of = _host_key_of_module(model.diffusion_model, x, torch.tensor([500.0]), ctx)
     cross, names, numbers = [], [], []
-    key_id = 1
     for proc_name in unet.attn_processors.keys():
         if proc_name.endswith("attn1.processor"):
             continue  # diffusers numbers only the other (cross-attention) processors: 1, 3, 5, ...
@@ -223,15 +235,10 @@ def build_pair(layout: str, seed: int = 0, context_dim: int = 32):
             raise RuntimeError(f"width mismatch at {proc_name}: {width} vs {host_width}")
         cross.append((key_of[host_block], width))
         names.append(proc_name)
-        numbers.append(key_id)
-        key_id += 2
+        numbers.append(2 * len(numbers) + 1)
     if len(key_of) != len(cross):
         raise RuntimeError(f"host has {len(key_of)} cross-attention blocks, diffusers {len(cross)}")
-
-    info = dict(layout=layout, context_dim=context_dim, in_channels=IN_CHANNELS, model_channels=MODEL_CHANNELS,
-                heads=HEADS, unet_config=unet_config, diffusers_config=dconf,
-                cross_attn=cross, cross_attn_names=names, ip_numbers=numbers)
-    return patcher, unet, info
+    return cross, names, numbers
 
 
 def _sigma_tensor(sigma, batch):
