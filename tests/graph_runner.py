@@ -7,6 +7,7 @@ node exactly the values a user's graph or script would and read what comes out. 
 ``conftest.import_extension()`` first.
 """
 import asyncio
+import copy
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ def run(graph: dict) -> Result:
     """Validate and (when valid) execute ``graph`` = {node id: {"class_type", "inputs"}} with one executor per
     process, so that a failure is followed by the next graph in the same host state (as in a running server)."""
     global EXECUTOR
+    graph = copy.deepcopy(graph)  # a fresh prompt, as each queued one is (the executor writes into it)
     prompt_id = str(uuid.uuid4())
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
     if not valid:

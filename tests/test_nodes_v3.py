@@ -1,0 +1,121 @@
+"""The nodes on the host's V3 schema: the public surface saved graphs rely on (ids, input names, socket types,
+widget order, outputs) written out here independently, the pinned API version, the host's entry point, and the
+change fingerprints (a file saved again under the same name is read again by a caching executor)."""
+import asyncio
+
+import pytest
+import torch
+
+from conftest import HOST, NO_HOST_REASON
+
+pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+
+# node id -> (display name, [(input, socket type, required)] in widget/socket order, output types)
+PUBLIC = {
+    "LoadIPAdapter": ("Load IP-Adapter", [("ipadapter_name", "COMBO", True)], ["IPADAPTER"]),
+    "EncodeImagePrompt": ("Encode Image Prompt", [
+        ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("negative_image", "IMAGE", False),
+        ("fit", "COMBO", False), ("batch_size", "INT", False)], ["IMAGE_PROMPT"]),
+    "ApplyIPAdapter": ("Apply IP-Adapter", [
+        ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
+        ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
+        ("attn_mask", "MASK", False)], ["MODEL"]),
+    "ApplyIPAdapterAdvanced": ("Apply IP-Adapter (Advanced)", [
+        ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
+        ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
+        ("layer_weights", "COMBO", True), ("composition_weight", "FLOAT", True),
+        ("custom_layer_weights", "STRING", True), ("weight_curve", "COMBO", True), ("unfold_batch", "BOOLEAN", True),
+        ("attn_mask", "MASK", False)], ["MODEL"]),
+    "CombineImagePrompts": ("Combine Image Prompts", [
+        ("image_prompt", "IMAGE_PROMPT", True), ("method", "COMBO", True), ("weights", "STRING", True),
+        ("image_prompt_2", "IMAGE_PROMPT", False), ("image_prompt_3", "IMAGE_PROMPT", False),
+        ("image_prompt_4", "IMAGE_PROMPT", False), ("image_prompt_5", "IMAGE_PROMPT", False)], ["IMAGE_PROMPT"]),
+    "ImagePromptNoise": ("Image Prompt Noise", [
+        ("kind", "COMBO", True), ("strength", "FLOAT", True), ("seed", "INT", True), ("image", "IMAGE", False)],
+        ["IMAGE"]),
+    "SaveImagePrompt": ("Save Image Prompt", [("image_prompt", "IMAGE_PROMPT", True),
+                                              ("filename_prefix", "STRING", True)], []),
+    "LoadImagePrompt": ("Load Image Prompt", [("prompt_file", "COMBO", True)], ["IMAGE_PROMPT"]),
+}
+
+
+def _inputs(info):
+    order = info["input_order"]
+    return [(name, info["input"][section][name][0], section == "required")
+            for section in ("required", "optional") for name in order.get(section, [])]
+
+
+def test_public_surface_is_unchanged(ext):
+    from comfy_api.latest import io
+    mappings = ext.nodes.NODE_CLASS_MAPPINGS
+    assert set(mappings) == set(PUBLIC)
+    for node_id, (display, inputs, outputs) in PUBLIC.items():
+        cls = mappings[node_id]
+        assert issubclass(cls, io.ComfyNode), node_id
+        info = cls.GET_NODE_INFO_V1()
+        assert info["display_name"] == display and info["category"] == "ipadapter"
+        assert _inputs(info) == inputs, node_id
+        assert list(info["output"]) == outputs, node_id
+    assert mappings["SaveImagePrompt"].GET_NODE_INFO_V1()["output_node"] is True
+
+
+def test_nodes_pin_the_versioned_api(ext):
+    import comfy_api.v0_0_2
+    assert ext.nodes.sockets.io is comfy_api.v0_0_2.io
+    source = (ext.nodes.sockets.__file__, )
+    text = open(source[0], encoding="utf-8").read()
+    assert "comfy_api.v0_0_2" in text and "comfy_api.latest" not in text
+
+
+def test_entry_point_gives_every_node(ext):
+    from comfy_api.latest import ComfyExtension
+    extension = asyncio.run(ext.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    nodes = asyncio.run(extension.get_node_list())
+    assert {n.GET_SCHEMA().node_id for n in nodes} == set(PUBLIC)
+
+
+def test_a_prompt_saved_again_under_the_same_name_is_read_again(ext, tmp_path):
+    """The executor caches outputs by inputs + fingerprint: same file name, new contents -> new output."""
+    import folder_paths
+    import graph_runner
+    from tiny_adapters import random_prompt
+    graph_runner.register(ext.nodes.NODE_CLASS_MAPPINGS)
+    saved = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    try:
+        (tmp_path / "image_prompts").mkdir()
+        path = tmp_path / "image_prompts" / "p.safetensors"
+        graph = {"1": {"class_type": "LoadImagePrompt", "inputs": {"prompt_file": "image_prompts/p.safetensors"}},
+                 "2": {"class_type": "Keep", "inputs": {"value": ["1", 0], "slot": "out"}}}
+        seen = []
+        for seed in (1, 2):
+            prompt = random_prompt(ext, 1, seed)
+            ext.ipadapter_core.save_image_prompt(path, prompt)
+            result = graph_runner.run(graph)
+            assert result.error is None, result.message
+            seen.append(result.outputs["out"].embeds)
+            assert torch.equal(seen[-1], prompt.embeds)
+        assert not torch.equal(seen[0], seen[1])
+    finally:
+        folder_paths.set_input_directory(saved)
+
+
+def test_an_adapter_file_written_again_is_loaded_again(ext, tmp_path):
+    import folder_paths
+    import graph_runner
+    from parity_models import build_pair
+    from tiny_adapters import save_and_load, tiny_adapter
+    _, _, info = build_pair("sd15", seed=0)
+    graph_runner.register(ext.nodes.NODE_CLASS_MAPPINGS)
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path))
+    graph = {"1": {"class_type": "LoadIPAdapter", "inputs": {"ipadapter_name": "retrained.safetensors"}},
+             "2": {"class_type": "Keep", "inputs": {"value": ["1", 0], "slot": "out"}}}
+    weights = []
+    for seed in (1, 2):
+        save_and_load(ext, tmp_path, tiny_adapter("base", [w for _, w in info["cross_attn"]], seed),
+                      "retrained.safetensors")
+        result = graph_runner.run(graph)
+        assert result.error is None, result.message
+        weights.append(result.outputs["out"].model.image_proj.proj.weight.detach().clone())
+    assert not torch.equal(weights[0], weights[1])
