@@ -24,5 +24,6 @@ __all__ = [
     "build_projection", "check_custom_weights", "check_filename_prefix", "choice", "combine_prompts",
     "curve_values", "detect_spec", "family_for_layers", "finite_number", "finite_tensors", "check_images",
     "layer_weights", "load_adapter_file", "load_image_prompt", "check_mask", "noise_image", "number_list",
-    "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention", "square_images", "with_default_uncond"
+    "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention", "square_images",
+    "with_default_uncond",
 ]

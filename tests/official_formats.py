@@ -1,5 +1,6 @@
 """State dicts with the exact keys and shapes of the official h94/IP-Adapter files, written out here from the
-published format (docs/formats.md#variants), independently of ipadapter_core. Meta tensors by default: no memory, no values.
+published format (docs/formats.md#variants), independently of ipadapter_core. Meta tensors by default: no memory,
+no values.
 """
 import torch
 

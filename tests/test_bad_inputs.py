@@ -97,8 +97,8 @@ def world(ext, tmp_path_factory):
     other = ext.ipadapter_core.ImagePrompt(other.embeds[:, :8], other.hidden[..., :40], other.uncond_embeds[:, :8],
                                            other.uncond_hidden[..., :40])  # another encoder's widths
     other_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "other_model.safetensors"))
-    yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt, other_prompt=other,
-               root=root, runner=graph_runner)
+    yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt,
+               other_prompt=other, root=root, runner=graph_runner)
     folder_paths.set_input_directory(saved_input)
 
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from ipadapter_suite.ipadapter_core import (IPAdapterError, LAYOUTS, AdapterFileError, EncoderMismatchError, ImagePrompt,
-                            combine_prompts, curve_values, layer_weights, load_image_prompt, noise_image,
-                            save_image_prompt, square_images)
+from ipadapter_suite.ipadapter_core import (IPAdapterError, LAYOUTS, AdapterFileError, EncoderMismatchError,
+                                            ImagePrompt, combine_prompts, curve_values, layer_weights,
+                                            load_image_prompt, noise_image, save_image_prompt, square_images)
 from ipadapter_suite.ipadapter_core.presets import LAYER_PRESETS, forward_order
 
 

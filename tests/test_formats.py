@@ -6,8 +6,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ipadapter_suite.ipadapter_core import (AdapterFileError, AdapterSpec, EncoderMismatchError, ImagePrompt, IPAdapterModel,
-                            UnsupportedAdapterError, detect_spec, load_adapter_file, save_adapter_file)
+from ipadapter_suite.ipadapter_core import (AdapterFileError, AdapterSpec, EncoderMismatchError, ImagePrompt,
+                                            IPAdapterModel, UnsupportedAdapterError, detect_spec, load_adapter_file,
+                                            save_adapter_file)
 from official_formats import OFFICIAL, SD15_WIDTHS, base_proj, faceid, ip_layers, official_state_dict
 
 

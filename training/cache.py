@@ -76,7 +76,8 @@ def finish_cache(frozen, folder: Path, meta: dict, skipped: Counter) -> None:
     if pooled is not None:
         empty["pooled"] = pooled
     save_tensors(empty, folder / "empty_text.safetensors")
-    meta = dict(meta, skipped=dict(skipped), embed_width=frozen.embed_width, count=sum(_rows(p) for p in sorted(folder.glob("part-*.safetensors"))))
+    count = sum(_rows(p) for p in sorted(folder.glob("part-*.safetensors")))
+    meta = dict(meta, skipped=dict(skipped), embed_width=frozen.embed_width, count=count)
     atomic_write(folder / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True)))
 
 
