@@ -1,7 +1,8 @@
 """The frozen models (UNet, VAE, text encoder, image encoder), as the host loads them, behind four calls.
 
 ``load_frozen`` is a thin layer over the host's own loaders (``host/loaders.py``:
-``comfy.sd.load_checkpoint_guess_config``, ``comfy.clip_vision.load``); anything else that fills a ``FrozenModels`` (the tests' tiny models) trains the same.
+``comfy.sd.load_checkpoint_guess_config``, ``comfy.clip_vision.load``); anything else that fills a
+``FrozenModels`` (the tests' tiny models) trains the same.
 """
 import logging
 from dataclasses import dataclass
