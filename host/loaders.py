@@ -6,11 +6,14 @@ import comfy.sample
 import comfy.sd
 
 
-def load_checkpoint(path: str, dtype: torch.dtype | None, encoders: bool = True):
-    """A single-file SD1.5/SDXL checkpoint -> (ModelPatcher, CLIP or None, VAE or None); stored in ``dtype``."""
+def load_checkpoint(path: str, dtype: torch.dtype | None, encoders: bool = True,
+                    unet_dtype: torch.dtype | None = None):
+    """A single-file SD1.5/SDXL checkpoint -> (ModelPatcher, CLIP or None, VAE or None); stored in ``dtype``,
+    the UNet in ``unet_dtype`` when given (None: the host's choice)."""
     options = {} if dtype is None else {"dtype": dtype}
+    unet_options = options if unet_dtype is None else {"dtype": unet_dtype}
     patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        path, output_vae=encoders, output_clip=encoders, model_options=options, te_model_options=options)
+        path, output_vae=encoders, output_clip=encoders, model_options=unet_options, te_model_options=options)
     return patcher, clip, vae
 
 

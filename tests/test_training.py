@@ -5,20 +5,18 @@ it writes loads in LoadIPAdapter and in diffusers; drops follow the recipe; a cr
 previous one usable; bad data is skipped and counted."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 
 from conftest import HOST, NO_HOST_REASON, REPO
+from training_runs import (adapter_tensors, free_port, held_out_losses, logged_losses, max_diff, run_killed,
+                           subprocess_env)
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
-TESTS = Path(__file__).resolve().parent
 FACTORY = "training_models:tiny_sd15"
 STEPS, SAVE_EVERY = 8, 2
 
@@ -34,21 +32,6 @@ def train(data, out, *extra):
     return main(base_args(data, out, *extra))
 
 
-def subprocess_env():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), COMFYUI_PATH=str(HOST))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
-def adapter_tensors(path):
-    return safetensors.torch.load_file(str(path))
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(host, tmp_path_factory):
     from training_models import write_dataset
@@ -60,47 +43,6 @@ def reference_run(tiny_data, tmp_path_factory):
     """The uninterrupted run the resume tests compare against."""
     out = tmp_path_factory.mktemp("reference")
     return train(tiny_data, out, "--max-steps", STEPS, "--save-every", SAVE_EVERY)
-
-
-# Runs training in a subprocess and SIGKILLs it at a chosen point: no clean exit, no finally blocks.
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import launch
-    launch.import_extension()
-    import ipadapter_suite.training.checkpoint as ckpt
-    import ipadapter_suite.training.train as train
-    mode, at = sys.argv[1], int(sys.argv[2])
-    if mode == "after-save":  # the checkpoint of step `at` is complete: die in the next step
-        original_step = train.train_step
-        saved = {"n": 0}
-        original_save = train.save
-        def save(accelerator, module, args, step, run, final=False):
-            original_save(accelerator, module, args, step, run, final)
-            saved["n"] = step
-        def train_step(*a, **k):
-            if saved["n"] == at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original_step(*a, **k)
-        train.save, train.train_step = save, train_step
-    else:  # mid-write: the adapter of checkpoint `at` is half written when the process dies
-        original_export = ckpt.export_adapter
-        def export_adapter(adapter, path):
-            original_export(adapter, path)
-            if f"checkpoint-{at:08d}.partial" in str(path):
-                data = open(path, "rb").read()
-                open(path, "wb").write(data[: len(data) // 2])
-                os.kill(os.getpid(), signal.SIGKILL)
-        ckpt.export_adapter = export_adapter
-    train.main(sys.argv[3:])
-""")
-
-
-def run_killed(tmp_path, mode, at, args):
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    proc = subprocess.run([sys.executable, str(script), mode, str(at), *args], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def test_it_learns(tiny_data, tmp_path):
@@ -115,43 +57,6 @@ def test_it_learns(tiny_data, tmp_path):
     losses = logged_losses(out)
     assert len(losses) == 40
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10, losses
-
-
-def held_out_losses(frozen, adapter_path, folder, seed=5):
-    """Mean epsilon MSE over fixed timesteps/noise, same draws for lambda = 1 and lambda = 0, no drops."""
-    from comfy.ldm.modules.attention import optimized_attention
-    from ipadapter_suite.ipadapter_core import IPAdapterModel, load_adapter_file
-    from ipadapter_suite.training.data import load_image
-    from ipadapter_suite.training.model import AdapterTraining
-    adapter = IPAdapterModel.from_state_dict(load_adapter_file(adapter_path)[0])
-    module = AdapterTraining(adapter, frozen.base_model, optimized_attention)
-    images = sorted(folder.glob("*.png"))
-    pixels = torch.stack([load_image(str(p), 64) for p in images])
-    latents = frozen.encode_latents(pixels)
-    features, _ = frozen.encode_image(pixels)
-    context, _ = frozen.encode_text(["a picture"] * len(images))
-    g = torch.Generator().manual_seed(seed)
-    results = {1.0: 0.0, 0.0: 0.0}
-    with torch.no_grad():
-        for _ in range(4):
-            t = torch.randint(0, 1000, (len(images),), generator=g)
-            noise = torch.randn(latents.shape, generator=g)
-            for weight in results:
-                eps = module(features, context, latents, noise, t, weight=weight)
-                results[weight] += torch.nn.functional.mse_loss(eps, noise).item() / 4
-    return results[1.0], results[0.0]
-
-
-def logged_losses(out):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    logs = [p.parent for p in Path(out, "logs").rglob("events.out.tfevents.*")]
-    values = {}
-    for folder in logs:
-        acc = EventAccumulator(str(folder))
-        acc.Reload()
-        if "train/loss" in acc.Tags().get("scalars", []):
-            values.update({e.step: e.value for e in acc.Scalars("train/loss")})
-    return [values[k] for k in sorted(values)]
 
 
 def test_resume_after_sigkill_is_exact(tiny_data, reference_run, tmp_path):
@@ -192,7 +97,7 @@ def test_two_processes_equal_one_with_doubled_batch(tiny_data, tmp_path):
     initial = train(tiny_data, tmp_path / "init", "--max-steps", 0)
     args = base_args(tiny_data, tmp_path / "two", *common, "--batch-size", 2)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "training.train", *args]
     proc = subprocess.run(cmd, env=dict(subprocess_env(), ACCELERATE_USE_CPU="true"), cwd=str(REPO),
                           capture_output=True, text=True, timeout=300)
@@ -203,13 +108,6 @@ def test_two_processes_equal_one_with_doubled_batch(tiny_data, tmp_path):
     assert max_diff(adapter_tensors(double), adapter_tensors(single)) <= 1e-5
     assert max_diff(last, adapter_tensors(single)) == 0.0  # the final checkpoint holds the exported adapter
     assert max_diff(adapter_tensors(initial), adapter_tensors(single)) > 1e-4  # training moved the weights
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_export_loads_in_node_and_in_diffusers(tiny_data, tmp_path, ext):
@@ -423,21 +321,15 @@ def test_options_from_a_config_file(tmp_path):
 def test_clip_scores_follow_the_paper(tmp_path, host):
     """CLIP-I = cos(generated, prompt image); CLIP-T = 2.5 * max(cos(generated, caption), 0) (CLIPScore); the
     open_clip model comes from a weights file by path (a tiny random one here)."""
-    import open_clip
     from ipadapter_suite.training.evaluate import image_embeddings, load_scorer, scores, text_embeddings
+    from training_models import write_tiny_open_clip
     g, r, c = torch.tensor([[0.6, 0.8], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
     clip_i, clip_t = scores(g, r, c)
     assert clip_i == pytest.approx((0.8 + 0.0) / 2)
     assert clip_t == pytest.approx(0.0)  # both cosines with the caption are <= 0: clamped
     assert scores(g, r, -c)[1] == pytest.approx(2.5 * (0.6 + 1.0) / 2)
 
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(tmp_path / "tiny-clip-test.json"))
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny.bin"
-    torch.save(open_clip.create_model("tiny-clip-test").state_dict(), weights)
+    _, weights = write_tiny_open_clip(tmp_path)
     model, preprocess, tokenizer = load_scorer("tiny-clip-test", str(weights))
     images = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(1))
     emb = image_embeddings(model, preprocess, images)

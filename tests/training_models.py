@@ -1,6 +1,9 @@
 """Tiny frozen models for the training tests: the host's own UNet class with the SD1.5 block layout at tiny
 widths (as in parity_models), and small fixed random stand-ins for the VAE, the text encoder and the CLIP image
-encoder. ``tiny_sd15`` is what ``--models-from training_models:tiny_sd15`` loads in a training subprocess."""
+encoder. ``tiny_sd15`` is what ``--models-from training_models:tiny_sd15`` loads in a training subprocess;
+``tiny_sdxl`` the same with the SDXL block layout, pooled text and the size conditioning ``y``; ``tiny_sd15_host``
+adds the host objects that validation and evaluation sample through (a tiny host CLIP vision model, stand-in
+CLIP text and VAE objects)."""
 import hashlib
 import math
 
@@ -10,6 +13,7 @@ import torch.nn.functional as F
 CONTEXT = 32  # text / cross-attention width
 EMBED, HIDDEN, PATCH = 24, 64, 8  # pooled width, hidden width, encoder patch size (on a 32 px input)
 TEXT_TOKENS, VOCAB = 8, 64
+POOLED = 16  # SDXL: pooled text width (y = pooled + 6 size embeddings of 256)
 
 
 def _host():
@@ -22,18 +26,23 @@ def _host():
     launch.import_host(cpu=True)
 
 
-def tiny_unet(seed: int = 0):
-    """A host ModelPatcher around a tiny SD1.5-layout BaseModel (EPS, the host's default discrete schedule)."""
+def tiny_unet(seed: int = 0, layout: str = "sd15"):
+    """A host ModelPatcher around a tiny SD1.5- or SDXL-layout BaseModel (EPS, the host's default discrete
+    schedule); SDXL: the host's SDXL model class, whose ``y`` is the pooled text and six size embeddings."""
     _host()
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
     from parity_models import HEADS, _randomize, _unet_config
-    config_cls = type("TinySD15", (comfy.supported_models.SD15,),
+    config = _unet_config(layout, CONTEXT)
+    base_cls, model_cls = comfy.supported_models.SD15, comfy.model_base.BaseModel
+    if layout == "sdxl":
+        config = dict(config, num_classes="sequential", adm_in_channels=POOLED + 6 * 256)
+        base_cls, model_cls = comfy.supported_models.SDXL, comfy.model_base.SDXL
+    config_cls = type(f"Tiny{base_cls.__name__}", (base_cls,),
                       {"unet_extra_config": {"num_heads": HEADS, "num_head_channels": -1}})
-    model = comfy.model_base.BaseModel(config_cls(_unet_config("sd15", CONTEXT)),
-                                       model_type=comfy.model_base.ModelType.EPS, device=torch.device("cpu"))
+    model = model_cls(config_cls(config), model_type=comfy.model_base.ModelType.EPS, device=torch.device("cpu"))
     _randomize(model.diffusion_model, seed)
     model.diffusion_model.float().eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
@@ -53,6 +62,7 @@ class TinyEncoders:
         self.patch = torch.randn(HIDDEN, 3 * PATCH * PATCH, generator=g) / math.sqrt(3 * PATCH * PATCH)
         self.cls = torch.randn(HIDDEN, generator=g)
         self.proj = torch.randn(EMBED, HIDDEN, generator=g) / math.sqrt(HIDDEN)
+        self.pool = torch.randn(POOLED, CONTEXT, generator=g) / math.sqrt(CONTEXT)
         self.mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
         self.std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -67,6 +77,11 @@ class TinyEncoders:
             ids += [0] * (TEXT_TOKENS - len(ids))
             rows.append(self.words[ids] + self.positions)  # (T, C)
         return torch.stack(rows), None
+
+    def encode_text_pooled(self, texts):
+        """SDXL-style: the context and a pooled text embedding (B, POOLED) from its mean token."""
+        context, _ = self.encode_text(texts)
+        return context, context.mean(1) @ self.pool.T
 
     def hidden_of_normalised(self, x):
         patches = F.unfold(x, PATCH, stride=PATCH).transpose(1, 2)  # (B, 16, 3*8*8)
@@ -87,6 +102,84 @@ def tiny_sd15():
     return FrozenModels(patcher=tiny_unet(), family="sd15", encode_latents=enc.encode_latents,
                         encode_text=enc.encode_text, encode_image=enc.encode_image, zero_image_hidden=zero,
                         embed_width=EMBED)
+
+
+def tiny_sdxl():
+    from ipadapter_suite.training.frozen import FrozenModels
+    enc = TinyEncoders()
+    zero = enc.hidden_of_normalised(torch.zeros(1, 3, 32, 32))
+    return FrozenModels(patcher=tiny_unet(layout="sdxl"), family="sdxl", encode_latents=enc.encode_latents,
+                        encode_text=enc.encode_text_pooled, encode_image=enc.encode_image, zero_image_hidden=zero,
+                        embed_width=EMBED)
+
+
+class TinyHostText:
+    """The two calls the nodes' sampling path makes on the host's CLIP object, over the stand-in text encoder."""
+
+    def __init__(self, encoders: TinyEncoders):
+        self.encoders = encoders
+
+    def tokenize(self, text: str):
+        return text
+
+    def encode_from_tokens(self, tokens, return_pooled=False):
+        context, pooled = self.encoders.encode_text([tokens])  # (1, T, C), None
+        return (context, pooled) if return_pooled else context
+
+
+class TinyHostVAE:
+    """``decode``: latents (B, 4, h, w) -> IMAGE (B, 8h, 8w, 3) in [0, 1] (a fixed colour map, nearest upsampling)."""
+
+    def __init__(self, seed: int = 2):
+        self.colours = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed))
+
+    def decode(self, latents):
+        x = torch.einsum("oc,bchw->bohw", self.colours, latents.float())  # (B, 3, h, w)
+        return torch.sigmoid(F.interpolate(x, scale_factor=8, mode="nearest")).movedim(1, -1)
+
+
+def tiny_sd15_host():
+    """tiny_sd15 with a host ClipVisionModel (tests/host_models.py's tiny config, random weights) as its image
+    encoder, and the stand-in text and VAE objects, as ``load_frozen`` fills them from real files."""
+    import tempfile
+
+    from host_models import tiny_clip_vision
+    from ipadapter_suite.training.frozen import FrozenModels
+    patcher = tiny_unet()  # imports the host first
+    from ipadapter_suite.host.vision import zero_image_hidden
+    with tempfile.TemporaryDirectory() as tmp:
+        vision = tiny_clip_vision(tmp, seed=1)
+    enc = TinyEncoders()
+
+    def encode_image(pixels):
+        out = vision.encode_image(pixels.movedim(1, -1))
+        return out["image_embeds"].float(), out["penultimate_hidden_states"].float()
+
+    embed_width = encode_image(torch.zeros(1, 3, 32, 32))[0].shape[-1]
+    return FrozenModels(patcher=patcher, family="sd15", encode_latents=enc.encode_latents,
+                        encode_text=enc.encode_text, encode_image=encode_image,
+                        zero_image_hidden=zero_image_hidden(vision).float().cpu(), embed_width=embed_width,
+                        vae=TinyHostVAE(), clip=TinyHostText(enc), clip_vision=vision)
+
+
+# A tiny open_clip model config for the CLIP-I / CLIP-T scorer (random weights, saved by the tests).
+TINY_OPEN_CLIP = {"embed_dim": 16,
+                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def write_tiny_open_clip(folder, name: str = "tiny-clip-test", seed: int = 0):
+    """-> (config .json path, weights file) of a tiny random open_clip model, registered with open_clip."""
+    import json
+
+    import open_clip
+    config = folder / f"{name}.json"
+    config.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(seed)
+    weights = folder / f"{name}.bin"
+    torch.save(open_clip.create_model(name).state_dict(), weights)
+    return config, weights
 
 
 def write_dataset(folder, count: int, size: int = 64, seed: int = 0):

@@ -165,66 +165,109 @@ def collate(items) -> dict:
     return batch
 
 
-class ShardStream(torch.utils.data.IterableDataset):
-    """WebDataset-style tar shards (``key.jpg`` + ``key.txt`` members), streamed; shard order shuffled per epoch,
-    shards split over processes and loader workers. A shard cut short ends that shard (counted), not the run.
-    Positions are per-process stream positions; ``skip`` samples are passed over unread (resume)."""
+def keep_batch(batch):
+    """The loader's collate function for streams: their micro-batches arrive collated."""
+    return batch
 
-    def __init__(self, shards, resolution: int, seed: int, rank: int, world: int, skip: int = 0):
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """WebDataset-style tar shards (uncompressed; ``key.jpg`` + ``key.txt`` members), streamed; shard order
+    shuffled per epoch. A shard cut short ends that shard (counted), not the run.
+
+    Global positions: the stream is one sequence over every epoch, and each sample (a skipped one too: a bad
+    sample, a cut shard) has its index p in it. As for map-style data (PositionBatches), micro-step m is the
+    positions [m*b*W, (m+1)*b*W) and process r takes the r-th slice of b. Every loader worker walks the whole
+    stream (tar headers; bytes are read only for its own samples) and yields whole micro-batches, worker w of N
+    the micro-steps first + w, first + w + N, ...: the order in which the DataLoader takes batches from its
+    workers, so N workers yield what one worker yields. A resumed run starts at ``first_micro_step``.
+    Yields (items, pass size): the pass size (samples in one epoch) once the micro-step lies past the first pass
+    (the same on every process and worker), else 0."""
+
+    def __init__(self, shards, resolution: int, seed: int, batch_size: int, rank: int = 0, world: int = 1,
+                 first_micro_step: int = 0):
         self.shards, self.resolution, self.seed = list(shards), resolution, seed
-        self.rank, self.world, self.skip = rank, world, skip
+        self.b, self.rank, self.world, self.first = batch_size, rank, world, first_micro_step
+        self.pass_size = 0
         if not self.shards:
             raise DataError("no tar shards found")
 
-    def _my_shards(self, epoch: int):
-        order = epoch_permutation(self.seed, epoch, len(self.shards)).tolist()
-        mine = [self.shards[i] for i in order][self.rank::self.world]
-        info = torch.utils.data.get_worker_info()
-        return mine if info is None else mine[info.id::info.num_workers]
+    def slot(self, position: int) -> int | None:
+        """This process's micro-batch a position falls in, counted from the first one (None: another
+        process's, or before the resume point)."""
+        micro, offset = divmod(position, self.b * self.world)
+        return micro - self.first if offset // self.b == self.rank and micro >= self.first else None
 
-    def __iter__(self):
+    def walk(self, mine):
+        """(position, sample) over the whole stream, epoch after epoch; the sample is None where ``mine(p)`` is
+        false (its bytes are not read). Sets ``pass_size`` at the end of the first epoch."""
         position = 0
         for epoch in count():
-            shards = self._my_shards(epoch)
-            if not shards:
-                raise DataError(f"{len(self.shards)} shards for {self.world} processes: every process (and "
-                                "loader worker) needs at least one shard")
-            produced = 0
-            for shard in shards:
-                for sample in _samples_of(shard, read=position + produced >= self.skip):
-                    if position + produced >= self.skip:
-                        if isinstance(sample, dict):
-                            sample["position"], sample["index"] = position + produced, -1
-                        yield sample
-                    produced += 1
-            if produced == 0:
-                raise DataError(f"the shards {shards[:3]} hold no samples")
-            position += produced
+            start = position
+            for index in epoch_permutation(self.seed, epoch, len(self.shards)).tolist():
+                first = position
+                for sample in _samples_of(self.shards[index], wanted=lambda k, first=first: mine(first + k)):
+                    yield position, sample
+                    position += 1
+            if position == start:
+                raise DataError(f"the shards {self.shards[:3]} hold no samples")
+            self.pass_size = self.pass_size or position - start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+
+        def mine(position):
+            slot = self.slot(position)
+            return slot is not None and slot % workers == worker
+
+        items = []
+        for position, sample in self.walk(mine):
+            if not mine(position):
+                continue
+            if isinstance(sample, dict):
+                sample["position"], sample["index"] = position, -1
+            items.append(sample)
+            if len(items) == self.b:
+                micro = position // (self.b * self.world)
+                past_first_pass = self.pass_size and micro * self.b * self.world >= self.pass_size
+                yield items, (self.pass_size if past_first_pass else 0)
+                items = []
 
 
-def _samples_of(shard: str, read: bool = True):
-    """Group a tar's members by key; yield {"image_bytes", "text"} dicts or Bad; never raises on a bad shard."""
-    current, parts = None, {}
+def _samples_of(shard: str, wanted=lambda k: True):
+    """The k-th sample of a tar: {"image_bytes", "text"} or Bad, or None where ``wanted(k)`` is false (its bytes
+    are not read: a seekable tar's headers are read alone). A shard cut short or unreadable ends with one Bad;
+    never raises."""
+    done = 0
     try:
-        with tarfile.open(shard, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition(".")
-                if key != current and current is not None:
-                    yield _shard_sample(parts)
-                    parts = {}
-                current = key
-                data = tar.extractfile(member).read()
-                if len(data) != member.size:
-                    raise EOFError(f"member {member.name} has {len(data)} of {member.size} bytes")
-                parts[ext.lower()] = data if read or ext == "txt" else b""
-            _check_end(shard, tar.offset)
-            if current is not None:
-                yield _shard_sample(parts)
+        with tarfile.open(shard, mode="r:") as tar:
+            for k, parts in _sample_parts(shard, tar, wanted):
+                yield _shard_sample(parts) if wanted(k) else None
+                done = k + 1
     except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning("shard %s is cut short or unreadable (%s): the rest of it is skipped", shard, exc)
-        yield Bad("shard cut short")
+        if wanted(done):  # said once, by the worker that owns this position
+            log.warning("shard %s is cut short or unreadable (%s): the rest of it is skipped", shard, exc)
+        yield Bad("shard cut short") if wanted(done) else None
+
+
+def _sample_parts(shard: str, tar, wanted):
+    """(k, {extension: bytes}) per member key, in file order; the bytes empty where ``wanted(k)`` is false."""
+    size = os.path.getsize(shard)
+    current, parts, k = None, {}, 0
+    for member in tar:
+        if not member.isfile():
+            continue
+        if member.offset_data + member.size > size:
+            raise EOFError(f"member {member.name} ends after the file's {size} bytes")
+        key, _, ext = member.name.rpartition(".")
+        if key != current and current is not None:
+            yield k, parts
+            parts, k = {}, k + 1
+        current = key
+        parts[ext.lower()] = tar.extractfile(member).read() if wanted(k) else b""
+    _check_end(shard, tar.offset)  # before the last sample: a cut shard's last sample may be incomplete
+    if current is not None:
+        yield k, parts
 
 
 def _check_end(shard: str, offset: int) -> None:
@@ -248,18 +291,23 @@ def _shard_sample(parts: dict):
 
 
 class DecodedShards(torch.utils.data.IterableDataset):
+    """The stream's micro-batches, images decoded and collated, with "pass_size" (the loader's batches)."""
+
     def __init__(self, stream: ShardStream):
         self.stream = stream
 
     def __iter__(self):
-        for sample in self.stream:
-            if isinstance(sample, Bad):
-                yield sample
-                continue
-            try:
-                pixels = load_image(sample.pop("image_bytes"), self.stream.resolution)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                log.debug("skipping shard sample: %s", exc)
-                yield Bad("unreadable image")
-                continue
-            yield dict(sample, pixels=pixels)
+        for items, pass_size in self.stream:
+            batch = collate([self.decode(item) for item in items])
+            batch["pass_size"] = pass_size
+            yield batch
+
+    def decode(self, sample):
+        if isinstance(sample, Bad):
+            return sample
+        try:
+            pixels = load_image(sample.pop("image_bytes"), self.stream.resolution)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            log.debug("skipping shard sample: %s", exc)
+            return Bad("unreadable image")
+        return dict(sample, pixels=pixels)

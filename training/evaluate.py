@@ -4,8 +4,8 @@
 For every image prompt, ``--images-per-prompt`` images are generated through the nodes' own code path (empty text
 prompt, lambda = 1). CLIP-I: cosine similarity of the CLIP image embeddings of generated image and image prompt.
 CLIP-T: CLIPScore, 2.5 * max(cos, 0), of generated image and the prompt image's caption. Both with an open_clip
-model named by ``--clip-model`` and loaded from ``--clip-weights`` (a file; nothing is downloaded). The paper uses
-ViT-L/14 on COCO 2017 val and reports CLIP-T 0.588, CLIP-I 0.828.
+model named by ``--clip-model`` (or an open_clip model config .json) and loaded from ``--clip-weights`` (a file;
+nothing is downloaded). The paper uses ViT-L/14 on COCO 2017 val and reports CLIP-T 0.588, CLIP-I 0.828.
 """
 
 if __name__ == "__main__":  # `python -m training.evaluate` from the repository: the package's own copy runs
@@ -24,11 +24,15 @@ log = logging.getLogger("training.evaluate")
 
 
 def load_scorer(model_name: str, weights: str, device="cpu"):
-    """(model, preprocess, tokenizer) of open_clip from a local weights file."""
+    """(model, preprocess, tokenizer) of open_clip from a local weights file. ``model_name``: an open_clip model
+    name, or the path of an open_clip model config .json (registered under its file name's stem)."""
     import open_clip
     if not Path(weights).is_file():
         raise FileNotFoundError(f"--clip-weights '{weights}' is not a file: download the open_clip weights for "
                                 f"{model_name} yourself and pass their path")
+    if model_name.endswith(".json") and Path(model_name).is_file():
+        open_clip.add_model_config(model_name)
+        model_name = Path(model_name).stem
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights, device=device)
     return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
 
@@ -87,10 +91,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--adapter", required=True, help="IP-Adapter file to score")
-    p.add_argument("--checkpoint", required=True, help="SD1.5 or SDXL single-file checkpoint")
-    p.add_argument("--clip-vision", required=True, help="the CLIP vision file the adapter reads")
+    p.add_argument("--checkpoint", help="SD1.5 or SDXL single-file checkpoint")
+    p.add_argument("--clip-vision", help="the CLIP vision file the adapter reads")
+    p.add_argument("--models-from", help="MODULE:FUNCTION returning a training.frozen.FrozenModels (with the host's "
+                                         "VAE, CLIP and CLIP vision objects) instead of --checkpoint/--clip-vision")
     p.add_argument("--data", required=True, help="captioned images: a folder with .txt captions or a .jsonl/.csv")
-    p.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name (the paper: ViT-L/14)")
+    p.add_argument("--clip-model", default="ViT-L-14",
+                   help="open_clip model name (the paper: ViT-L/14) or an open_clip model config .json")
     p.add_argument("--clip-weights", required=True, help="open_clip weights file for --clip-model")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--limit", type=int, default=0, help="score the first N samples (0: all)")
@@ -103,16 +110,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def load_models(args):
+    """The frozen models: from a factory (``--models-from``) or the host's loaders."""
+    from ..host.locate import import_host
+    from .frozen import from_factory, load_frozen
+    if args.models_from:
+        return from_factory(args.models_from)
+    if not (args.checkpoint and args.clip_vision):
+        raise SystemExit("give --checkpoint and --clip-vision (or --models-from)")
+    import_host(args.comfyui)
+    return load_frozen(args.checkpoint, args.clip_vision, None)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from ..host.locate import import_host
     from ..ipadapter_core import IPAdapterModel, load_adapter_file
     from .data import Bad, read_record, records_for
-    from .frozen import load_frozen
-    import_host(args.comfyui)
     scorer = load_scorer(args.clip_model, args.clip_weights)
-    frozen = load_frozen(args.checkpoint, args.clip_vision, None)
+    frozen = load_models(args)
     adapter = IPAdapterModel.from_state_dict(load_adapter_file(args.adapter)[0])
     records = records_for(args.data)[: args.limit or None]
     items = [read_record(r, args.resolution) for r in records]

@@ -4,6 +4,7 @@
 ``comfy.sd.load_checkpoint_guess_config``, ``comfy.clip_vision.load``); anything else that fills a
 ``FrozenModels`` (the tests' tiny models) trains the same.
 """
+import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -62,13 +63,21 @@ def host_family(patcher) -> str:
     return unet_family(patcher)
 
 
-def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | None, encoders: bool = True
-                ) -> FrozenModels:
-    """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders.
+def from_factory(spec: str) -> FrozenModels:
+    """``MODULE:FUNCTION`` (``--models-from``) -> the FrozenModels that function returns (custom hosts, tests)."""
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)()
+
+
+def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | None, encoders: bool = True,
+                unet_dtype: torch.dtype | None = None) -> FrozenModels:
+    """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders, stored in
+    ``dtype``, the UNet in ``unet_dtype`` when given (the trainer: fp32, exact for any checkpoint precision, so
+    a fresh adapter copies the checkpoint's own Wk, Wv; ``FrozenModels.to`` casts it afterwards).
     ``encoders=False``: the UNet only (training from a cache needs nothing else)."""
     from ..host import loaders, vision as host_vision
 
-    patcher, clip, vae = loaders.load_checkpoint(checkpoint, dtype, encoders)
+    patcher, clip, vae = loaders.load_checkpoint(checkpoint, dtype, encoders, unet_dtype)
     if not encoders:
         return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=_no_encoder,
                             encode_text=_no_encoder, encode_image=_no_encoder, zero_image_hidden=None,

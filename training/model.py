@@ -39,7 +39,8 @@ def new_spec(frozen, variant: str, resampler_dim: int | None = None) -> AdapterS
 
 
 def new_adapter(frozen, spec: AdapterSpec, seed: int) -> IPAdapterModel:
-    """Projection with torch's default init (seeded); every W'k, W'v a copy of the layer's Wk, Wv."""
+    """Projection with torch's default init (seeded); every W'k, W'v a copy of the layer's Wk, Wv, at the UNet's
+    current precision: build it before the UNet is cast to a mixed-precision dtype (``main`` does)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = IPAdapterModel(spec)

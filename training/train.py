@@ -2,7 +2,8 @@
 
 Shape of the script (accelerate's examples): get_dataloaders / build / train_step / save / main. Every random draw
 of a sample is a function of (seed, its global position), and the data position follows from the step, so a run
-resumed from a checkpoint, or run on more processes with the same global batch, trains the same adapter.
+resumed from a checkpoint, run on more processes with the same global batch, or with any number of loader workers,
+trains the same adapter.
 """
 
 if __name__ == "__main__":  # `python -m training.train` from the repository: the package's own copy runs
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from . import cache as cache_mod
 from .checkpoint import adapter_filename, export_adapter, read_state, resolve_resume, save_checkpoint
 from .data import (DataError, DecodedShards, PositionBatches, PositionDataset, ShardStream, collate, is_sharded,
-                   records_for)
+                   keep_batch, records_for)
 from .options import apply_config_file
 from .recipe import DropRates, draw, uncond_image_features, where_rows
 
@@ -95,27 +96,27 @@ class Run:
     skipped: Counter
     rank: int = 0  # this process and the process count, from the accelerator
     world: int = 1
-    bad_run: int = 0
+    bad_run: int = 0  # samples skipped in a row, over every process
+    empty_steps: int = 0  # steps with no usable sample on any process: the optimizer was not stepped
 
 
 def load_models(args):
     """The frozen models: from a factory (``--models-from``) or the host's loaders. Training from a complete
     cache without validation loads the UNet only."""
+    from .frozen import from_factory, load_frozen
     if args.models_from:
-        module, _, function = args.models_from.partition(":")
-        return getattr(importlib.import_module(module), function)()
+        return from_factory(args.models_from)
     if not args.checkpoint:
         raise SystemExit("give --checkpoint and --clip-vision (or --models-from)")
     from ..host.locate import import_host
-    from .frozen import load_frozen
     import_host(args.comfyui)
-    cache = Path(args.cache) if args.cache else None
+    dtype, cache = DTYPES[args.mixed_precision], Path(args.cache) if args.cache else None
     if cache and (cache / cache_mod.META).is_file() and not args.validate_every:
-        frozen = load_frozen(args.checkpoint, None, DTYPES[args.mixed_precision], encoders=False)
+        frozen = load_frozen(args.checkpoint, None, dtype, encoders=False, unet_dtype=torch.float32)
         return frozen.with_cache_widths(cache_mod.load_meta(cache)["embed_width"], cache_mod.zero_image_hidden(cache))
     if not args.clip_vision:
         raise SystemExit("give --clip-vision (the CLIP vision file the adapter will read)")
-    return load_frozen(args.checkpoint, args.clip_vision, DTYPES[args.mixed_precision])
+    return load_frozen(args.checkpoint, args.clip_vision, dtype, unet_dtype=torch.float32)
 
 
 def build(args, frozen):
@@ -134,7 +135,8 @@ def build(args, frozen):
 
 
 def get_dataloaders(args, accelerator, first_micro_step: int):
-    """-> (loader, dataset size or 0 for streams, cached?). Map-style data is read by global position."""
+    """-> (loader, dataset size or 0 for streams, cached?). Both kinds are read by global position: micro-step m
+    is the positions [m*b*W, (m+1)*b*W), this process's slice of b, whatever the loader workers."""
     rank, world = accelerator.process_index, accelerator.num_processes
     micro_steps = args.max_steps * args.gradient_accumulation_steps
     if args.cache and (Path(args.cache) / cache_mod.META).is_file():
@@ -142,9 +144,9 @@ def get_dataloaders(args, accelerator, first_micro_step: int):
                                   read=cache_mod.read_cached)
         cached = True
     elif args.data and is_sharded(args.data):
-        stream = ShardStream(_shard_list(args.data), args.resolution, args.seed, rank, world,
-                             skip=first_micro_step * args.batch_size)
-        loader = torch.utils.data.DataLoader(DecodedShards(stream), batch_size=args.batch_size, collate_fn=collate,
+        stream = ShardStream(_shard_list(args.data), args.resolution, args.seed, args.batch_size, rank, world,
+                             first_micro_step)
+        loader = torch.utils.data.DataLoader(DecodedShards(stream), batch_size=None, collate_fn=keep_batch,
                                              num_workers=args.num_workers)
         return loader, 0, False
     elif args.data:
@@ -180,39 +182,70 @@ def model_inputs(run: Run, batch: dict, device) -> dict:
                                                     zip(batch["pixels"], batch["text"])], run.feature, torch.float32)
         latents, features, context, pooled = (encoded["latents"], encoded["features"], encoded["context"],
                                                encoded.get("pooled"))
-    world, rank = run.world, run.rank
-    positions = batch["position"].tolist() if run.dataset_size else [p * world + rank for p in batch["position"]]
     sampling = frozen.base_model.model_sampling
-    draws = draw(run.args.seed, positions, latents.shape[1:], len(sampling.sigmas), run.rates)
+    draws = draw(run.args.seed, batch["position"].tolist(), latents.shape[1:], len(sampling.sigmas), run.rates)
     uncond = uncond_image_features(run.feature, features, run.uncond_features)
     features = where_rows(draws.drop_image, uncond, features)
     context = where_rows(draws.drop_text, run.empty_context, context)
-    y = None
-    if pooled is not None and getattr(frozen.base_model, "adm_channels", 0):
+    if pooled is not None:
         pooled = where_rows(draws.drop_text, run.empty_pooled, pooled.float())
-        size = run.args.resolution
-        y = frozen.base_model.encode_adm(pooled_output=pooled, width=size, height=size, crop_w=0, crop_h=0,
-                                         target_width=size, target_height=size)
     inputs = dict(features=features, context=context, latents=latents, noise=draws.noise,
-                  timesteps=draws.timesteps, y=y)
+                  timesteps=draws.timesteps, y=size_conditioning(run, pooled))
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
-def train_step(accelerator, module, optimizer, inputs: dict | None, max_grad_norm: float) -> torch.Tensor:
-    """One micro-batch: epsilon MSE, backward, and (on the last micro-batch of a step) the optimizer step.
-    A micro-batch with no usable sample still takes part (zero loss) so every process reaches the step."""
+def size_conditioning(run: Run, pooled: torch.Tensor | None) -> torch.Tensor | None:
+    """SDXL's ``y`` (B, adm): the pooled text and the size embeddings of the training square; None for SD1.5."""
+    base = run.frozen.base_model
+    if pooled is None or not getattr(base, "adm_channels", 0):
+        return None
+    size = run.args.resolution
+    return base.encode_adm(pooled_output=pooled, width=size, height=size, crop_w=0, crop_h=0, target_width=size,
+                           target_height=size)
+
+
+@torch.no_grad()
+def placeholder_inputs(run: Run, device) -> dict:
+    """One unconditional row at the smallest latent size (zero latents and noise, t = 0): the forward pass of a
+    process whose part of the micro-batch is empty, so that it meets the others in DDP's gradient all-reduce (a
+    backward without a forward does not); its loss is weighted 0."""
+    frozen = run.frozen
+    features = uncond_image_features(run.feature, torch.zeros(1, frozen.embed_width), run.uncond_features)
+    latents = torch.zeros(1, frozen.base_model.diffusion_model.in_channels, 8, 8)  # (1, C, 8, 8)
+    inputs = dict(features=features, context=run.empty_context, latents=latents, noise=torch.zeros_like(latents),
+                  timesteps=torch.zeros(1, dtype=torch.long), y=size_conditioning(run, run.empty_pooled))
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+
+def micro_batch_inputs(run: Run, batch: dict, usable: int, device) -> tuple[dict | None, float]:
+    """-> (inputs, loss weight) of this process's part of a micro-batch with ``usable`` samples over every
+    process. The weight makes the summed per-sample losses this process's share of the global mean (DDP
+    averages over the W processes). An empty part: no inputs on one process, placeholder inputs (weight 0) on
+    several."""
+    if batch["size"]:
+        return model_inputs(run, batch, device), run.world / usable
+    return (placeholder_inputs(run, device) if run.world > 1 else None), 0.0
+
+
+def train_step(accelerator, module, optimizer, inputs: dict | None, weight: float, max_grad_norm: float,
+               take_step: bool = True) -> torch.Tensor | None:
+    """One micro-batch: epsilon MSE (per sample, summed, times ``weight``), backward, and on the last micro-batch
+    of a step the optimizer step, unless ``take_step`` is false: a step with no usable sample on any process
+    leaves the adapter and AdamW's state as they are (a zero-gradient step would still move the weights through
+    momentum and weight decay). ``inputs`` None: nothing to compute on this process."""
+    loss = None
     with accelerator.accumulate(module):
-        if inputs is None:
-            loss = sum(p.sum() for p in module.parameters()) * 0.0
-        else:
+        if inputs is not None:
             eps = module(**inputs)
-            loss = F.mse_loss(eps, inputs["noise"].float())
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and max_grad_norm > 0:
-            accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
-        optimizer.step()
+            per_sample = F.mse_loss(eps, inputs["noise"].float(), reduction="none").flatten(1).mean(1)  # (B,)
+            loss = per_sample.sum() * weight
+            accelerator.backward(loss)
+        if accelerator.sync_gradients and take_step:
+            if max_grad_norm > 0:
+                accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+            optimizer.step()
         optimizer.zero_grad()
-    return loss.detach()
+    return None if loss is None else loss.detach()
 
 
 def save(accelerator, module, args, step: int, run: Run, final: bool = False) -> None:
@@ -220,24 +253,31 @@ def save(accelerator, module, args, step: int, run: Run, final: bool = False) ->
     adapter = accelerator.unwrap_model(module).adapter
     output = Path(args.output_dir)
     save_checkpoint(accelerator, adapter, output / "checkpoints", step,
-                    {"skipped": dict(run.skipped), "max_steps": args.max_steps}, args.name, args.checkpoints_keep)
+                    {"skipped": dict(run.skipped), "max_steps": args.max_steps, "empty_steps": run.empty_steps},
+                    args.name, args.checkpoints_keep)
     if final and accelerator.is_main_process:
         export_adapter(adapter, output / adapter_filename(args.name))
         log.info("adapter written to %s", output / adapter_filename(args.name))
 
 
-def count_skipped(run: Run, batch: dict) -> None:
-    """Log the skipped samples; stop with a clear error when a whole pass over the data gave nothing usable."""
+def count_skipped(run: Run, batch: dict, accelerator) -> int:
+    """Log this process's skipped samples; -> the usable samples of the micro-batch over every process. Stops
+    with a clear error once 2n - 1 samples in a row were skipped on every process, n the samples of one pass
+    over the data (the dataset size; for streams the pass size, known after the first pass): any 2n - 1
+    consecutive positions hold a whole pass, so nothing in the data is usable."""
     new = batch["skipped"]
     if new:
         run.skipped.update(new)
         log.warning("skipped %d bad sample(s) (%s); %d so far", sum(new.values()), dict(new),
                     sum(run.skipped.values()))
-    run.bad_run = 0 if batch["size"] else run.bad_run + sum(new.values())
-    limit = max(run.dataset_size, 1) * max(run.world, 1)
-    if run.bad_run >= limit and run.dataset_size:
-        raise DataError(f"no usable training sample: the last {run.bad_run} samples were all skipped "
-                        f"({dict(run.skipped)}); check the images and their .txt captions")
+    counts = torch.tensor([batch["size"], sum(new.values())], device=accelerator.device)
+    usable, skipped = accelerator.reduce(counts, reduction="sum").tolist()  # the same on every process
+    run.bad_run = 0 if usable else run.bad_run + skipped
+    pass_size = run.dataset_size or batch.get("pass_size", 0)
+    if pass_size and run.bad_run >= 2 * pass_size - 1:
+        raise DataError(f"no usable training sample: the last {run.bad_run} samples (more than a whole pass of "
+                        f"{pass_size}) were all skipped ({dict(run.skipped)}); check the images and their captions")
+    return usable
 
 
 def train_loop(accelerator, module, optimizer, loader, run: Run, step: int) -> int:
@@ -246,22 +286,21 @@ def train_loop(accelerator, module, optimizer, loader, run: Run, step: int) -> i
     args = run.args
     bar = tqdm(total=args.max_steps, initial=step, desc="training", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    losses, micro = [], 0
+    losses, micro, usable_in_step = [], 0, 0
     for batch in loader:
-        count_skipped(run, batch)
-        inputs = model_inputs(run, batch, accelerator.device) if batch["size"] else None
-        loss = train_step(accelerator, module, optimizer, inputs, args.max_grad_norm)
-        losses.append(loss)
+        usable = count_skipped(run, batch, accelerator)
+        usable_in_step += usable
+        inputs, weight = micro_batch_inputs(run, batch, usable, accelerator.device)
+        loss = train_step(accelerator, module, optimizer, inputs, weight, args.max_grad_norm,
+                          take_step=usable_in_step > 0)
+        if usable:
+            losses.append(loss)  # this process's share of the mean (0 for its empty part)
         micro += 1
         if micro % args.gradient_accumulation_steps:
             continue
         step += 1
-        mean = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-        losses = []
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean:.4f}")
-        if step % args.log_every == 0 or step == args.max_steps:
-            accelerator.log({"train/loss": mean, "data/skipped": sum(run.skipped.values())}, step=step)
+        log_step(accelerator, run, step, losses, bar)
+        losses, usable_in_step = [], 0
         if args.validate_every and step % args.validate_every == 0:
             validate(accelerator, module, run, step)
         if step >= args.max_steps:
@@ -272,6 +311,23 @@ def train_loop(accelerator, module, optimizer, loader, run: Run, step: int) -> i
         raise DataError("the data stream ended before max_steps")
     bar.close()
     return step
+
+
+def log_step(accelerator, run: Run, step: int, losses: list, bar) -> None:
+    """The step's loss, the mean over every process, to the bar and the trackers; a step with no usable sample
+    anywhere (no losses) is counted and said instead."""
+    bar.update(1)
+    scalars = {}
+    if losses:
+        scalars["train/loss"] = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+    else:
+        run.empty_steps += 1
+        log.warning("step %d: no usable sample on any process, optimizer step skipped (%d such steps so far)",
+                    step, run.empty_steps)
+    if step % run.args.log_every == 0 or step == run.args.max_steps:
+        scalars.update({"data/skipped": sum(run.skipped.values()), "data/empty_steps": run.empty_steps})
+        accelerator.log(scalars, step=step)
 
 
 def validate(accelerator, module, run: Run, step: int) -> None:
@@ -335,23 +391,24 @@ def main(argv=None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     accelerator = make_accelerator(args)
     frozen = load_models(args)
+    module, optimizer = build(args, frozen)  # W'k, W'v copied from the UNet in the checkpoint's own precision
     frozen.to(accelerator.device, DTYPES[args.mixed_precision])
-    module, optimizer = build(args, frozen)
     feature = module.adapter.spec.feature
     if args.precache:
         precache(args, accelerator, frozen, feature)
     module, optimizer = accelerator.prepare(module, optimizer)
     checkpoint = resolve_resume(args.resume, Path(args.output_dir) / "checkpoints")
-    step, skipped = 0, Counter()
+    state = {"step": 0}
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = read_state(checkpoint)
-        step, skipped = state["step"], Counter(state.get("skipped", {}))
-        log.info("resumed from %s at step %d", checkpoint, step)
+        log.info("resumed from %s at step %d", checkpoint, state["step"])
+    step = state["step"]
     loader, size, cached = get_dataloaders(args, accelerator, step * args.gradient_accumulation_steps)
     run = Run(args, frozen, feature, *unconditional_inputs(args, frozen, cached, feature), cached=cached,
-              dataset_size=size, rates=DropRates(args.drop_image, args.drop_text, args.drop_both), skipped=skipped,
-              rank=accelerator.process_index, world=accelerator.num_processes)
+              dataset_size=size, rates=DropRates(args.drop_image, args.drop_text, args.drop_both),
+              skipped=Counter(state.get("skipped", {})), rank=accelerator.process_index,
+              world=accelerator.num_processes, empty_steps=state.get("empty_steps", 0))
     if step < args.max_steps:
         step = train_loop(accelerator, module, optimizer, loader, run, step)
     save(accelerator, module, args, step, run, final=True)
