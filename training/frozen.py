@@ -3,7 +3,11 @@
 ``load_frozen`` is a thin layer over the host's own loaders (``comfy.sd.load_checkpoint_guess_config``,
 ``comfy.clip_vision.load``); anything else that fills a ``FrozenModels`` (the tests' tiny models) trains the same.
 """
+import ctypes
+import functools
+import gc
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -70,36 +74,87 @@ def host_family(patcher) -> str:
 def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | None, encoders: bool = True
                 ) -> FrozenModels:
     """An SD1.5/SDXL single-file checkpoint and a CLIP vision file, loaded by the host's own loaders.
-    ``encoders=False``: the UNet only (training from a cache needs nothing else)."""
-    from .hosting import import_extension
-    import comfy.clip_vision
+    ``encoders=False``: the UNet only (training from a cache needs nothing else).
+
+    Memory: while a loader copies a file into its model, the file's pages (mapped) and the new weights are both
+    resident, so each file part is loaded on its own and the largest first: the UNet, then the image encoder, then
+    VAE + text encoder from a second pass over the checkpoint. ``dtype`` also stores the VAE when the host's VAE
+    works in it (bf16; the host keeps it in fp32 on a CPU); the image encoder stays in the host's dtype (fp16).
+    Nothing here keeps an autograd graph."""
     import comfy.sd
 
     options = {} if dtype is None else {"dtype": dtype}
-    patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        checkpoint, output_vae=encoders, output_clip=encoders, model_options=options, te_model_options=options)
+    patcher = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False,
+                                                    model_options=options)[0]
+    release_memory()
     if not encoders:
         return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=_no_encoder,
                             encode_text=_no_encoder, encode_image=_no_encoder, zero_image_hidden=None,
                             embed_width=0)
-    vision = comfy.clip_vision.load(clip_vision)
+    vision = load_clip_vision(clip_vision)
+    _, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_model=False,
+                                                            te_model_options=options)
+    if dtype is not None and dtype != vae.vae_dtype and dtype in vae.working_dtypes:  # never fp16 (overflows)
+        vae.first_stage_model.to(dtype)
+        vae.vae_dtype = dtype  # the host casts the pixels to this attribute
+    release_memory()
+    return _with_encoders(patcher, clip, vae, vision)
+
+
+def load_clip_vision(path: str):
+    """The host's CLIP vision loader, and the encoder's output for the all-zero normalised pixels (computed
+    without a graph: outside no_grad the cached output would keep every fp32 weight cast of the encoder)."""
+    from .hosting import import_extension
+    import comfy.clip_vision
+    vision = comfy.clip_vision.load(path)
     if vision is None:
-        raise ValueError(f"'{clip_vision}' is not a CLIP vision model the host can load")
-    zero_hidden = import_extension().nodes.host.zero_image_hidden(vision)
+        raise ValueError(f"'{path}' is not a CLIP vision model the host can load")
+    release_memory()
+    with torch.no_grad():
+        import_extension().nodes.host.zero_image_hidden(vision)
+    return vision
+
+
+def _with_encoders(patcher, clip, vae, vision) -> FrozenModels:
+    from .hosting import import_extension
     latent_format = patcher.model.latent_format
 
+    @torch.no_grad()
     def encode_latents(pixels):
         return latent_format.process_in(vae.encode(pixels.movedim(1, -1)).float())  # (B, 4, h, w)
 
+    @torch.no_grad()
     def encode_image(pixels):
         out = vision.encode_image(pixels.movedim(1, -1))  # the host's 224 resize + centre crop + normalisation
         return out["image_embeds"].float(), out["penultimate_hidden_states"].float()
 
     embed_width = encode_image(torch.zeros(1, 3, 224, 224))[0].shape[-1]
+    with torch.no_grad():
+        zero_hidden = import_extension().nodes.host.zero_image_hidden(vision)
     return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=encode_latents,
-                        encode_text=lambda texts: encode_texts(clip, texts), encode_image=encode_image,
-                        zero_image_hidden=zero_hidden.float().cpu(), embed_width=embed_width,
-                        vae=vae, clip=clip, clip_vision=vision)
+                        encode_text=torch.no_grad()(lambda texts: encode_texts(clip, texts)),
+                        encode_image=encode_image, zero_image_hidden=zero_hidden.float().cpu(),
+                        embed_width=embed_width, vae=vae, clip=clip, clip_vision=vision)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the allocator's free heap back to the system (glibc's malloc_trim), so that
+    memory freed after a load does not stay counted in the process's resident size."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl)
+        return None
 
 
 def encode_texts(clip, texts) -> tuple[torch.Tensor, torch.Tensor | None]:
