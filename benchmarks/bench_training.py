@@ -1,16 +1,23 @@
-"""Training throughput and peak memory, as ratios against a baseline measured in the same run.
+"""Training throughput and peak memory, as ratios against the reference trainer measured in the same run.
 
     python benchmarks/bench_training.py [--config tiny|sd15|both] [--size 256] [--batch 1] [--steps 3] [--dtype bf16]
+                                        [--reference PATH | --no-reference]
 
-Three ways to run the same training step (adapter inside the host UNet through the nodes' patch, epsilon MSE,
-AdamW), each in its own process so that its peak memory (max RSS, or CUDA peak) is its own:
-  reencode-fp32  the reference trainer's way: VAE + CLIP image + CLIP text encoded every step, every model fp32;
+Each way of training runs in its own process, so that its peak memory (max RSS, or CUDA peak) is its own:
+  reference      the reference trainer itself, tencent-ailab/IP-Adapter's tutorial_train.py (benchmarks/
+                 reference_trainer.py): diffusers/transformers models, all fp32, VAE + CLIP image + CLIP text encoded
+                 every step (sd15 config only; its code is read from a git copy of that repository: --reference PATH,
+                 a checkout or a bare clone, else a shallow clone when the network allows; without one the table
+                 says so and the emulated loop below is the baseline);
+  reencode-fp32  the reference's loop emulated with this trainer's step (adapter inside the host UNet through the
+                 nodes' patch, epsilon MSE, AdamW): every frozen model fp32, encoders run every step;
   uncached       this trainer without a cache: frozen models stored in bf16, encoders run every step;
   cached         this trainer from the pre-encode cache: only the bf16 UNet is loaded.
 ``tiny``: the tests' tiny models at 64 px. ``sd15``: random-weight, real-size SD1.5 + ViT-H/14 files (written
-once to a temporary folder with the test helpers) at --size px. Targets: cached >= 1.5x the re-encoding loop's
-samples/s, peak memory <= 0.6x. ``--dtype fp32`` stores this trainer's frozen models in fp32 too (on a CPU without
-fast bf16 kernels, small models train faster in fp32). Prints a table; asserts nothing. Needs the ComfyUI host.
+once to a temporary folder with the test helpers; the reference's diffusers-layout copies with its own classes) at
+--size px. Targets: cached >= 1.5x the reference's samples/s, peak memory <= 0.6x. ``--dtype fp32`` stores this
+trainer's frozen models in the host's default dtypes instead. Prints a table; asserts nothing. Needs the ComfyUI
+host (and, for the reference, diffusers, transformers and torchvision).
 """
 import argparse
 import json
@@ -26,6 +33,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("reencode-fp32", "uncached", "cached")
+REFERENCE = "reference"
+LABELS = {REFERENCE: "reference trainer (tutorial_train.py, all fp32)",
+          "reencode-fp32": "re-encoding loop emulated with this trainer's step, all fp32",
+          "uncached": "this trainer, uncached (frozen models {storage})",
+          "cached": "this trainer, cached ({storage} UNet only)"}
 
 
 def _setup_paths():
@@ -49,6 +61,9 @@ def frozen_models(config: str, mode: str, files: dict, cache: Path, storage: str
         frozen.with_cache_widths(cache_mod.load_meta(cache)["embed_width"], cache_mod.zero_image_hidden(cache))
     else:
         frozen = load_frozen(files["sd15"], files["vit_h"], dtype)
+        if mode == "reencode-fp32":  # the host keeps the text and image encoders in fp16 on a CPU
+            frozen.clip.cond_stage_model.float()
+            frozen.clip_vision.model.float()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return frozen.to(device, dtype)
 
@@ -118,26 +133,67 @@ def run_worker(*args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(config: str, files: dict, root: Path, size: int, batch: int, steps: int, storage: str) -> dict:
+def prepare_reference(given: str | None, root: Path, size: int, batch: int) -> tuple[dict, str]:
+    """The reference's code, diffusers-layout models and data under ``root``: (its paths, a line saying where it
+    came from), or ({}, why it will not run)."""
+    import reference_trainer
+    repo, how = reference_trainer.locate(given, root)
+    if repo is None:
+        return {}, f"reference trainer not run: {how}"
+    paths = {"code": root / "reference-code", "models": root / "reference-models", "output": root / "reference-out"}
+    commit = reference_trainer.extract(repo, paths["code"])
+    run_worker("write-reference", "sd15", json.dumps({k: str(v) for k, v in paths.items()}), root, size, batch, 0,
+               "fp32")
+    paths["data"] = reference_trainer.write_data(root / "reference-data", size, batch)
+    return {k: str(v) for k, v in paths.items()}, f"reference trainer: tutorial_train.py at {commit[:12]}, {how}"
+
+
+def bench(config: str, files: dict, root: Path, size: int, batch: int, steps: int, storage: str,
+          reference: dict) -> dict:
     cache = root / f"cache-{config}"
     named = json.dumps({k: str(v) for k, v in files.items()})
     run_worker("precache", config, named, cache, size, batch, steps, storage)
     results = {}
-    for mode in MODES:
-        results[mode] = run_worker(mode, config, named, cache, size, batch, steps, storage)
+    modes = ((REFERENCE,) if reference else ()) + MODES
+    for mode in modes:
+        args = json.dumps(reference) if mode == REFERENCE else named
+        results[mode] = run_worker(mode, config, args, cache, size, batch, steps, storage)
         print(f"  {config:5s} {mode:14s} {results[mode]['samples_per_s']:8.3f} samples/s "
               f"{results[mode]['peak_bytes'] / 2**30:7.2f} GiB peak", flush=True)
     return results
 
 
-def report(config: str, results: dict) -> None:
-    base = results["reencode-fp32"]
-    print(f"\n{config}: ratio against the re-encoding fp32 loop (same run)")
+def report(config: str, results: dict, storage: str) -> None:
+    base_mode = REFERENCE if REFERENCE in results else "reencode-fp32"
+    base = results[base_mode]
+    print(f"\n{config}: ratios against the {LABELS[base_mode].split(' (')[0]} (same run)")
     print("| mode | samples/s | speed ratio | peak memory | memory ratio |\n|---|---|---|---|---|")
-    for mode in MODES:
-        r = results[mode]
-        print(f"| {mode} | {r['samples_per_s']:.3f} | {r['samples_per_s'] / base['samples_per_s']:.2f} | "
+    for mode, r in results.items():
+        print(f"| {LABELS[mode].format(storage=storage)} | {r['samples_per_s']:.3f} | {r['samples_per_s'] / base['samples_per_s']:.2f} | "
               f"{r['peak_bytes'] / 2**30:.2f} GiB | {r['peak_bytes'] / base['peak_bytes']:.2f} |")
+
+
+def run_worker_mode(mode: str, config: str, files: str, cache: str, size: str, batch: str, steps: str,
+                    storage: str) -> dict:
+    """One worker process: write the reference's models, run the reference, write the cache, or time a mode.
+    The reference's processes never import the host."""
+    files, cache, size, batch, steps = json.loads(files), Path(cache), int(size), int(batch), int(steps)
+    if mode in ("write-reference", REFERENCE):
+        import reference_trainer
+        paths = {k: Path(v) for k, v in files.items()}
+        if mode == REFERENCE:
+            return reference_trainer.train(paths["code"], paths["models"], paths["data"], paths["output"], size,
+                                           batch, steps)
+        import launch
+        reference_trainer.write_models(paths["models"], launch.find_comfyui() / "comfy" / "sd1_tokenizer")  # SD1.5's
+        return {}
+    import launch
+    launch.import_host()
+    launch.import_extension()  # the package ``ipadapter_suite``: its training modules by name
+    if mode == "precache":
+        precache(config, files, cache, size, batch, storage)
+        return {}
+    return worker(config, mode, files, cache, size, batch, steps, storage)
 
 
 def main():
@@ -148,35 +204,35 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", choices=tuple(STORAGE), default="bf16",
                    help="storage dtype of this trainer's frozen models (the baseline loop is always fp32)")
+    p.add_argument("--reference", help="git copy (checkout or bare clone) of tencent-ailab/IP-Adapter "
+                                       "(default: a shallow clone, when the network allows)")
+    p.add_argument("--no-reference", action="store_true", help="do not run the reference trainer")
     p.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args()
     _setup_paths()
-    import launch
-    launch.import_host()
-    launch.import_extension()  # the package ``ipadapter_suite``: its training modules by name
     if args.worker:
-        mode, config, files, cache, size, batch, steps, storage = args.worker
-        files, cache, size, batch, steps = json.loads(files), Path(cache), int(size), int(batch), int(steps)
-        if mode == "precache":
-            precache(config, files, cache, size, batch, storage)
-            print(json.dumps({}))
-        else:
-            print(json.dumps(worker(config, mode, files, cache, size, batch, steps, storage)))
+        print(json.dumps(run_worker_mode(*args.worker)))
         return
+    import launch
+    launch.import_host()  # the test helpers write the host's model files
     root = Path(tempfile.mkdtemp(prefix="bench-training-"))
     try:
         configs = ("tiny", "sd15") if args.config == "both" else (args.config,)
         for config in configs:
-            files = {}
+            files, reference = {}, {}
             if config == "sd15":
                 import host_models
                 files = {"sd15": root / "sd15.safetensors", "vit_h": root / "vit-h.safetensors"}
                 host_models.make_sd15_checkpoint(str(files["sd15"]), seed=0)
                 host_models.make_clip_vision_vit_h(str(files["vit_h"]), seed=0)
+                if not args.no_reference:
+                    reference, line = prepare_reference(args.reference, root, args.size, args.batch)
+                    print(line, flush=True)
             size = 64 if config == "tiny" else args.size
             print(f"{config}: {size} px, batch {args.batch}, {args.steps} timed steps after one warm-up, frozen "
                   f"models stored in {args.dtype}", flush=True)
-            report(config, bench(config, files, root, size, args.batch, args.steps, args.dtype))
+            results = bench(config, files, root, size, args.batch, args.steps, args.dtype, reference)
+            report(config, results, args.dtype)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

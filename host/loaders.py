@@ -6,15 +6,21 @@ import comfy.sample
 import comfy.sd
 
 
-def load_checkpoint(path: str, dtype: torch.dtype | None, encoders: bool = True,
-                    unet_dtype: torch.dtype | None = None):
-    """A single-file SD1.5/SDXL checkpoint -> (ModelPatcher, CLIP or None, VAE or None); stored in ``dtype``,
-    the UNet in ``unet_dtype`` when given (None: the host's choice)."""
+def load_unet(path: str, dtype: torch.dtype | None):
+    """The UNet of a single-file SD1.5/SDXL checkpoint (a ModelPatcher), stored in ``dtype``; nothing else."""
     options = {} if dtype is None else {"dtype": dtype}
-    unet_options = options if unet_dtype is None else {"dtype": unet_dtype}
-    patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        path, output_vae=encoders, output_clip=encoders, model_options=unet_options, te_model_options=options)
-    return patcher, clip, vae
+    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False, model_options=options)[0]
+
+
+def load_text_and_vae(path: str, dtype: torch.dtype | None):
+    """The text encoder (CLIP) and VAE of the same checkpoint, without its UNet. ``dtype`` also stores the VAE when
+    the host's VAE works in it (bf16; the host keeps it in fp32 on a CPU; never fp16, which overflows)."""
+    options = {} if dtype is None else {"dtype": dtype}
+    _, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_model=False, te_model_options=options)
+    if dtype is not None and dtype != vae.vae_dtype and dtype in vae.working_dtypes:
+        vae.first_stage_model.to(dtype)
+        vae.vae_dtype = dtype  # the host casts the pixels to this attribute
+    return clip, vae
 
 
 def load_clip_vision(path: str):

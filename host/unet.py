@@ -1,5 +1,6 @@
 """The host UNet as the adapter sees it: cross-attention layers by patch key, the family, fit checks."""
 import torch
+from safetensors import safe_open
 
 from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialTransformer, optimized_attention
 
@@ -22,6 +23,28 @@ def cross_attention_layers(model) -> dict[tuple[str, int, int], torch.nn.Module]
             attn2 = [m.attn2 for m in block.modules() if isinstance(m, BasicTransformerBlock) and m.attn2 is not None]
             layers.update({(name, block_id, index): attn for index, attn in enumerate(attn2)})
     return layers
+
+
+def attention_weights_in_file(path: str, model) -> dict | None:
+    """Every cross-attention layer's (to_k, to_v) weights as the checkpoint file stores them (its own precision),
+    by patch key, read without loading the rest; None when the file is not safetensors or names them otherwise."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    unet = model.get_model_object("diffusion_model")
+    path_of = {id(module): name for name, module in unet.named_modules()}
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        prefix = next((p for p in ("model.diffusion_model.", "") if any(k.startswith(p + "input_blocks.")
+                                                                       for k in keys)), None)
+        if prefix is None:
+            return None
+        found = {}
+        for key, attn in cross_attention_layers(model).items():
+            names = [f"{prefix}{path_of[id(attn)]}.to_{kv}.weight" for kv in "kv"]
+            if not all(name in keys for name in names):
+                return None
+            found[key] = tuple(f.get_tensor(name) for name in names)
+    return found
 
 
 def unet_family(model) -> str:

@@ -22,7 +22,8 @@ def zero_image_hidden(clip_vision) -> torch.Tensor:
         comfy.model_management.load_model_gpu(clip_vision.patcher)
         size = clip_vision.image_size
         pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)  # (1, 3, H, W), already normalised
-        out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+        with torch.no_grad():  # a cached output with a graph would keep every weight cast alive (GBs)
+            out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
         cached = out[1].to(comfy.model_management.intermediate_device())
         _ZERO_IMAGE_HIDDEN[clip_vision] = cached
     return cached

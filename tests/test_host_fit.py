@@ -60,3 +60,35 @@ def test_official_adapter_fits_its_family_and_is_refused_by_the_other(ext, meta_
     message = str(err.value)
     assert f"made for {names[family]} models" in message and f"this model is {names[other]}" in message
     assert stem in message
+
+
+def test_fresh_adapter_copies_the_checkpoints_own_attention_weights(ext, meta_models, tmp_path):
+    """Training's W'k, W'v start as the checkpoint file's Wk, Wv at the file's precision (fp16 here), read from the
+    file by the names the host gives the real-size SD1.5 UNet, not from a UNet already cast to bf16."""
+    import torch
+    import safetensors.torch
+    from types import SimpleNamespace
+    from ipadapter_suite.training.model import new_adapter, new_spec
+    patcher = meta_models["sd15"]
+    unet = patcher.get_model_object("diffusion_model")
+    layers = ext.host.unet.cross_attention_layers(patcher)
+    path_of = {id(m): name for name, m in unet.named_modules()}
+    g = torch.Generator().manual_seed(0)
+    stored = {f"model.diffusion_model.{path_of[id(attn)]}.to_{kv}.weight":
+              (torch.randn(tuple(getattr(attn, f"to_{kv}").weight.shape), generator=g) * 0.05).half()
+              for attn in layers.values() for kv in "kv"}
+    stored["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1)  # the rest of a checkpoint
+    safetensors.torch.save_file(stored, str(tmp_path / "sd15.safetensors"))
+    source = ext.host.unet.attention_weights_in_file(str(tmp_path / "sd15.safetensors"), patcher)
+    assert set(source) == set(layers) and all(k.dtype == torch.float16 for k, _ in source.values())
+    frozen = SimpleNamespace(patcher=patcher, family="sd15", embed_width=1024, hidden_width=1280,
+                             source_weights=source)
+    adapter = new_adapter(frozen, new_spec(frozen, "base"), seed=0)
+    for site in ext.ipadapter_core.LAYOUTS["sd15"]:
+        name = f"model.diffusion_model.{path_of[id(layers[site.key])]}"
+        k_ip = adapter.ip_adapter[str(site.n)].to_k_ip.weight
+        assert torch.equal(k_ip, stored[f"{name}.to_k.weight"].float())
+        assert torch.equal(adapter.ip_adapter[str(site.n)].to_v_ip.weight, stored[f"{name}.to_v.weight"].float())
+    bf16 = stored[f"{name}.to_k.weight"].bfloat16().float()
+    assert not torch.equal(bf16, k_ip)  # what a copy from a bf16 UNet would have given
+    assert ext.host.unet.attention_weights_in_file(str(tmp_path / "other.ckpt"), patcher) is None

@@ -358,3 +358,43 @@ def test_cli_on_real_size_files(model_files, tmp_path, ext):
     assert (out / "validation" / "step-00000001" / "00.png").is_file()
     loaded = ext.host.files.load_adapter(str(out / "ip-adapter_trained.safetensors"))
     assert (loaded.spec.kind, loaded.spec.family, loaded.spec.encoder_width) == ("base", "sd15", 1024)
+
+
+@pytest.mark.skipif(not os.environ.get("IPADAPTER_SLOW_TESTS"),
+                    reason="real-size SD1.5 + ViT-H loading (~1 min on 2 CPU cores): set IPADAPTER_SLOW_TESTS=1")
+def test_load_frozen_keeps_no_copies(model_files):
+    """``load_frozen`` (bf16) on the real-size files, in a process of its own: no autograd graph kept (the image
+    encoder's cached output for the zero image once held every fp32 weight cast, 6 GiB for ViT-H), the VAE stored in
+    bf16, and the resident size after loading within 0.75 GiB of the frozen weights' bytes."""
+    script = textwrap.dedent(f"""
+        import json
+        import torch
+        from conftest import import_host
+        import_host()
+        from ipadapter_suite.training.frozen import load_frozen
+
+        def resident(field):
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                        if line.startswith(field + ":"))
+
+        before = resident("VmRSS")
+        frozen = load_frozen({str(model_files["sd15"])!r}, {str(model_files["vit_h"])!r}, torch.bfloat16)
+        after, peak = resident("VmRSS"), resident("VmHWM")
+        models = (frozen.base_model, frozen.vae.first_stage_model, frozen.clip.cond_stage_model,
+                  frozen.clip_vision.model)
+        weights = sum(t.numel() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
+        pixels = torch.rand(1, 3, 64, 64)
+        outputs = (frozen.zero_image_hidden, *frozen.encode_image(pixels), frozen.encode_latents(pixels),
+                   frozen.encode_text(["a photo"])[0])
+        print(json.dumps(dict(before=before, after=after, peak=peak, weights=weights,
+                              vae=str(next(frozen.vae.first_stage_model.parameters()).dtype),
+                              graph=any(t.requires_grad for t in outputs))))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), cwd=str(REPO), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["vae"] == "torch.bfloat16"
+    assert not r["graph"]
+    assert r["after"] - r["before"] <= r["weights"] + 0.75 * 2**30, r
+    assert r["peak"] - r["before"] <= 1.5 * r["weights"], r

@@ -39,17 +39,20 @@ def new_spec(frozen, variant: str, resampler_dim: int | None = None) -> AdapterS
 
 
 def new_adapter(frozen, spec: AdapterSpec, seed: int) -> IPAdapterModel:
-    """Projection with torch's default init (seeded); every W'k, W'v a copy of the layer's Wk, Wv, at the UNet's
-    current precision: build it before the UNet is cast to a mixed-precision dtype (``main`` does)."""
+    """Projection with torch's default init (seeded); every W'k, W'v a copy of the layer's Wk, Wv at the
+    checkpoint's own precision: from the file's tensors when load_frozen read them, else from the UNet, which must
+    not have been cast to a mixed-precision dtype yet (``main`` builds the adapter first)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = IPAdapterModel(spec)
     layers = cross_attention_layers(frozen.patcher)
+    source = getattr(frozen, "source_weights", None) or {
+        key: (attn.to_k.weight, attn.to_v.weight) for key, attn in layers.items()}
     with torch.no_grad():
         for site in LAYOUTS[spec.family]:
             ip = adapter.ip_adapter[str(site.n)]
-            ip.to_k_ip.weight.copy_(layers[site.key].to_k.weight.float())
-            ip.to_v_ip.weight.copy_(layers[site.key].to_v.weight.float())
+            ip.to_k_ip.weight.copy_(source[site.key][0].float())
+            ip.to_v_ip.weight.copy_(source[site.key][1].float())
     return adapter
 
 

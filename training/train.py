@@ -112,11 +112,11 @@ def load_models(args):
     import_host(args.comfyui)
     dtype, cache = DTYPES[args.mixed_precision], Path(args.cache) if args.cache else None
     if cache and (cache / cache_mod.META).is_file() and not args.validate_every:
-        frozen = load_frozen(args.checkpoint, None, dtype, encoders=False, unet_dtype=torch.float32)
+        frozen = load_frozen(args.checkpoint, None, dtype, encoders=False)
         return frozen.with_cache_widths(cache_mod.load_meta(cache)["embed_width"], cache_mod.zero_image_hidden(cache))
     if not args.clip_vision:
         raise SystemExit("give --clip-vision (the CLIP vision file the adapter will read)")
-    return load_frozen(args.checkpoint, args.clip_vision, dtype, unet_dtype=torch.float32)
+    return load_frozen(args.checkpoint, args.clip_vision, dtype)
 
 
 def build(args, frozen):
