@@ -95,22 +95,22 @@ def check_prompt_name(name: str) -> None:
                          f"{PROMPT_SUBFOLDER}/: save one with Save Image Prompt, or pick one of the list")
 
 
-def prompt_fingerprint(name: str):
-    """What changes when a saved prompt is written again under the same name (size, modification time)."""
-    try:
-        stat = os.stat(folder_paths.get_annotated_filepath(name))
-    except OSError:
-        return None  # the load reports the missing file
-    return stat.st_size, stat.st_mtime_ns
-
-
-def adapter_fingerprint(name: str):
-    path = folder_paths.get_full_path(FOLDER, name)
+def _fingerprint(path) -> tuple[int, int] | None:
+    """What changes when a file is written again under the same name (size, modification time); None when it is
+    missing (the load then reports it)."""
     try:
         stat = os.stat(path)
     except (OSError, TypeError):
         return None
     return stat.st_size, stat.st_mtime_ns
+
+
+def prompt_fingerprint(name: str):
+    return _fingerprint(folder_paths.get_annotated_filepath(name))
+
+
+def adapter_fingerprint(name: str):
+    return _fingerprint(folder_paths.get_full_path(FOLDER, name))
 
 
 def load_prompt(name: str) -> ImagePrompt:

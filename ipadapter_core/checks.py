@@ -55,13 +55,13 @@ def _first_non_finite(tensor: torch.Tensor) -> tuple[int, int] | None:
     return None if count == 0 else (count, int(bad.flatten().nonzero()[0]))
 
 
-def check_images(name: str, image, allow_empty: bool = False) -> torch.Tensor:
+def check_images(name: str, image) -> torch.Tensor:
     """An IMAGE: a (B, H, W, C) float tensor, B >= 1, C 3 or 4 (alpha ignored), every value finite."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise InputError(f"{name}: expected an IMAGE batch (B, H, W, 3), got {shape}: connect an image "
                          "(Load Image, or a node that outputs IMAGE)")
-    if image.shape[0] == 0 and not allow_empty:
+    if image.shape[0] == 0:
         raise InputError(f"{name} is an empty batch (0 images): connect at least one image")
     if min(image.shape[1:3]) == 0:
         raise InputError(f"{name} has size {image.shape[2]}×{image.shape[1]}: give images with pixels")

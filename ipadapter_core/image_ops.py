@@ -1,7 +1,7 @@
 """Pixel-space helpers for reference images: IMAGE tensors are (n, H, W, 3) floats in [0, 1], as in the host."""
 import torch
 
-from .checks import check_images, choice, finite_number
+from .checks import FRACTION_RANGE, check_images, choice, finite_number
 
 FIT_MODES = ("center crop", "top/left crop", "bottom/right crop", "pad", "squash")
 NOISE_KINDS = ("fade", "dissolve", "gaussian", "shuffle")
@@ -41,7 +41,7 @@ def noise_image(kind: str, strength: float, seed: int, image: torch.Tensor | Non
     noise; gaussian: grey-centred gaussian noise of standard deviation ``strength`` / 2 added; shuffle: the pixels
     moved to random places, blended in by ``strength``. Same seed, same image."""
     choice("kind", kind, NOISE_KINDS)
-    finite_number("strength", strength, 0.0, 1.0)
+    finite_number("strength", strength, *FRACTION_RANGE)
     if image is not None:
         check_images("image", image)
     base = torch.full((1, size, size, 3), 0.5) if image is None else image[..., :3].float().cpu()

@@ -2,7 +2,6 @@
 inference mode, in this process): each case is refused with a one-line message naming the input, the problem and
 the fix, either before anything runs (validation) or before sampling (execution), and the same executor then runs
 the corrected graph. One row per case; README.md "Bad input" lists what each gets."""
-import math
 import pickle
 from dataclasses import dataclass
 from typing import Callable
@@ -333,6 +332,5 @@ def test_weights_at_the_ends_of_their_ranges_are_accepted(world):
     for weight, start, end in ((-2.0, 0.0, 1.0), (5.0, 0.0, 1.0), (1.0, 0.5, 0.5), (1.0, 1.0, 1.0)):
         result = world["runner"].run(_apply(world, weight=weight, start_at=start, end_at=end))
         assert result.valid and result.error is None, (weight, start, end, result.message)
-        assert math.isfinite(weight)
         assert result.outputs["out"] is not world["model"]  # a patched clone, never the input model
     assert not (world["root"] / "pwned").exists()

@@ -62,8 +62,7 @@ def test_public_surface_is_unchanged(ext):
 def test_nodes_pin_the_versioned_api(ext):
     import comfy_api.v0_0_2
     assert ext.nodes.sockets.io is comfy_api.v0_0_2.io
-    source = (ext.nodes.sockets.__file__, )
-    text = open(source[0], encoding="utf-8").read()
+    text = open(ext.nodes.sockets.__file__, encoding="utf-8").read()
     assert "comfy_api.v0_0_2" in text and "comfy_api.latest" not in text
 
 
