@@ -7,6 +7,7 @@ import torch
 from ..ipadapter_core import (IPAttentionPatch, LAYOUTS, ImagePrompt, InputError, build_branches, check_mask,
                               curve_values, finite_number, finite_tensors, layer_weights)
 from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE
+from ..ipadapter_core.schedules import FrameWeights, check_frame_weights
 from .unet import ATTENTION, check_model_fits
 
 CURVE_POINTS = 33
@@ -38,8 +39,9 @@ class ApplyOptions:
     composition_weight: float = 1.0
     custom_layer_weights: str = ""
     weight_curve: str = "constant"
-    attn_mask: torch.Tensor | None = None  # MASK (M, H, W) or (H, W)
+    attn_mask: torch.Tensor | None = None  # MASK (M, H, W) or (H, W): one per frame, or one for all
     unfold_batch: bool = False
+    frame_weights: FrameWeights | None = None  # a multiplier of the weight per frame
 
 
 def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: float, options: ApplyOptions):
@@ -52,6 +54,8 @@ def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: fl
         raise InputError(f"start_at {start_at} is after end_at {end_at}: swap them (weight 0 turns the adapter off)")
     if options.attn_mask is not None:
         check_mask("attn_mask", options.attn_mask)
+    if options.frame_weights is not None:
+        check_frame_weights("frame_weights", options.frame_weights)
     finite_tensors("image_prompt", prompt.named_tensors(), fix="encode the images again (or re-save the prompt)",
                    error=InputError)
 
@@ -67,11 +71,13 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
                             composition_weight=options.composition_weight, custom=options.custom_layer_weights)
     if not weights or start_at >= end_at:
         return patched
-    mask = options.attn_mask
+    mask, frame_weights = options.attn_mask, options.frame_weights
+    frame_weights = None if frame_weights is None else check_frame_weights("frame_weights", frame_weights).values
     branches = build_branches(
         adapter.model, prompt, weight, sigma_range(model, start_at, end_at), options.unfold_batch,
         layer_weights=weights, schedule=weight_schedule(model, options.weight_curve, start_at, end_at),
-        mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]))
+        mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]),
+        frame_weights=frame_weights)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for site in LAYOUTS[adapter.spec.family]:
         if site.n not in branches:

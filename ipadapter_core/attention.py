@@ -1,8 +1,9 @@
 """The decoupled cross-attention: out = Attn(Q, K, V) + weight * Attn(Q, K', V').
 
 ``IPAttentionPatch`` follows the host's attn2-replace protocol (``__call__(q, k, v, extra_options)``, ``to``,
-``models``) but is plain torch: the attention function is injected. Everything it needs (K'/V' of the image tokens,
-weight, sigma range) is resolved before sampling; the call only selects rows, attends and adds.
+``models``) but is plain torch: the attention function is injected. Everything it needs (the image tokens or their
+K'/V', weights, sigma range, masks) is resolved before sampling; the call only selects the rows of its frames
+(``frames.py``), projects per-frame tokens for those rows, attends and adds.
 """
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .adapter import IPAdapterModel
+from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask  # noqa: F401
 from .image_prompt import ImagePrompt
 
 
@@ -24,23 +26,76 @@ def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):
 
 @dataclass(frozen=True)
 class Branch:
-    """One adapter's contribution to one layer. Tensors are (P, N, inner): P = 1 (every latent row attends to the
-    same N tokens, e.g. several images' tokens concatenated) or P per-row token sets (row i of each cond/uncond
-    chunk reads set i; a chunk with more rows than sets repeats the last set, one with fewer uses the first)."""
-    k_cond: torch.Tensor
-    v_cond: torch.Tensor
-    k_uncond: torch.Tensor
-    v_uncond: torch.Tensor
+    """One adapter's contribution to one layer, in one of two forms:
+
+    - K'/V' held: ``k_cond`` ... ``v_uncond`` are (P, N, inner), P = 1 (every latent row attends to the same N
+      tokens, e.g. several images' tokens concatenated) or P per-frame token sets (training: one per batch row);
+    - tokens held: ``projection`` is this layer's (W'k, W'v), each (inner, C), and ``frames.tokens`` the per-frame
+      image tokens shared by all layers; K'/V' are projected during the call for that call's rows only.
+
+    ``frames`` also carries the per-frame masks and weights. Frame f reads entry min(f, S - 1) of S entries."""
+    k_cond: torch.Tensor | None
+    v_cond: torch.Tensor | None
+    k_uncond: torch.Tensor | None
+    v_uncond: torch.Tensor | None
     weight: float
     sigma_range: tuple[float, float] | None = None  # (sigma at start, sigma at end); None: every step
     schedule: tuple[torch.Tensor, torch.Tensor] | None = None  # (sigmas (K,) descending, multipliers (K,))
-    mask: torch.Tensor | None = None  # (M, H, W) in [0, 1], any resolution: where the branch acts
+    frames: FrameData | None = None  # per-frame tokens, masks, weights (shared by the adapter's layers)
+    projection: tuple[torch.Tensor, torch.Tensor] | None = None  # (W'k, W'v) when the tokens are held
 
     def to(self, device=None, dtype=None) -> "Branch":
-        moved = (t.to(device=device, dtype=dtype) for t in (self.k_cond, self.v_cond, self.k_uncond, self.v_uncond))
+        """K'/V' on ``device`` in ``dtype``; W'k/W'v copied only to another device (on their own they are cast per
+        call, as the host's manual-cast layers do, so no second copy of the adapter is held)."""
+        held = (None if t is None else t.to(device=device, dtype=dtype)
+                for t in (self.k_cond, self.v_cond, self.k_uncond, self.v_uncond))
         schedule = None if self.schedule is None else tuple(t.to(device) for t in self.schedule)
-        mask = None if self.mask is None else self.mask.to(device=device, dtype=dtype)
-        return Branch(*moved, weight=self.weight, sigma_range=self.sigma_range, schedule=schedule, mask=mask)
+        projection = self.projection
+        if projection is not None and device is not None and projection[0].device != torch.device(device):
+            projection = tuple(w.to(device=device, dtype=dtype) for w in projection)
+        return replace(self, **dict(zip(("k_cond", "v_cond", "k_uncond", "v_uncond"), held)), schedule=schedule,
+                       projection=projection)
+
+
+def project_tokens(adapter: IPAdapterModel, features: torch.Tensor, out: torch.Tensor | None = None,
+                   chunk: int = 8) -> torch.Tensor:
+    """Image features (n, ...) -> tokens (n, N, C) fp32, ``chunk`` images at a time into ``out`` (or a new
+    tensor): working memory stays that of one chunk, whatever the number of frames."""
+    param = next(adapter.parameters())
+    for i in range(0, features.shape[0], chunk):
+        part = features[i:i + chunk].to(device=param.device, dtype=torch.float32, copy=True,
+                                        memory_format=torch.contiguous_format)  # fresh and aligned: the same
+        part = adapter.image_tokens(part)  # bits for a view, a loaded file's mapping or a copy of the features
+        if out is None:
+            out = part.new_empty((features.shape[0], *part.shape[1:]))
+        out[i:i + part.shape[0]] = part
+    return out
+
+
+def _one_row(t: torch.Tensor, chunk: int = 16) -> bool:
+    """Every row of ``t`` is the same (a broadcast view, as the default negative is, or equal values: a loaded
+    prompt's), compared ``chunk`` rows at a time."""
+    if t.shape[0] == 1 or t.stride(0) == 0:
+        return True
+    return all(torch.equal(t[i:i + chunk], t[:1].expand_as(t[i:i + chunk])) for i in range(1, t.shape[0], chunk))
+
+
+def prompt_tokens(adapter: IPAdapterModel, prompt: ImagePrompt, unfold: bool) -> tuple[torch.Tensor, int]:
+    """(tokens (P + Pu, N', C), P): cond sets then uncond sets. Without ``unfold``: P = Pu = 1, the images' tokens
+    concatenated (N' = n*N); with it: one set per image, Pu = 1 when every image has the same negative."""
+    cond, uncond = prompt.features(adapter.spec.feature)
+    n = cond.shape[0]
+    shared = _one_row(uncond)
+    first = project_tokens(adapter, cond[:1])
+    tokens = first.new_empty((n + (1 if shared else n), *first.shape[1:]))  # (P + Pu, N, C)
+    tokens[:1] = first
+    project_tokens(adapter, cond[1:], tokens[1:n])
+    project_tokens(adapter, uncond[:1] if shared else uncond, tokens[n:])
+    if unfold:
+        return tokens, n
+    cond_tokens = rearrange(tokens[:n], "i n c -> 1 (i n) c")
+    uncond_tokens = tokens[n:].expand(n, -1, -1) if shared else tokens[n:]
+    return torch.cat([cond_tokens, rearrange(uncond_tokens, "i n c -> 1 (i n) c")]), 1
 
 
 @torch.no_grad()
@@ -48,56 +103,54 @@ def build_branches(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float,
                    sigma_range: tuple[float, float] | None = None, unfold: bool = False, *,
                    layer_weights: Mapping[int, float] | None = None,
                    schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   mask: torch.Tensor | None = None) -> dict[int, Branch]:
-    """Project the prompt's images to tokens once and compute K'/V' for cond and uncond rows of every layer the
-    adapter acts on (``layer_weights``: {N: weight}, default ``weight`` on every layer; layers left out get none).
+                   mask: torch.Tensor | None = None, frame_weights=None) -> dict[int, Branch]:
+    """The branches of every layer the adapter acts on (``layer_weights``: {N: weight}, default ``weight`` on
+    every layer; layers left out get none). The images are projected to tokens once, here.
 
     Several reference images: their tokens are concatenated (one longer image prompt), or with ``unfold`` image i
-    conditions latent row i (animation frames)."""
+    conditions frame i. One token set for all rows: its K'/V' are computed here, once. One set per frame: only the
+    tokens are kept (``FrameData``, shared by the layers), and each call projects the sets of its own rows.
+    ``mask`` (M, H, W) and ``frame_weights`` (F,) are per frame as well (M or F = 1: every frame)."""
     prompt.check_fits(adapter.spec)
-    param = next(adapter.parameters())
-    cond, uncond = prompt.features(adapter.spec.feature)
-    features = torch.cat([cond, uncond]).to(device=param.device, dtype=torch.float32)  # (2n, ...)
-    tokens = adapter.image_tokens(features)  # (2n, N, C)
-    if unfold:
-        tokens = rearrange(tokens, "(u i) n c -> u i n c", u=2)  # (2, n, N, C): cond, uncond
-    else:
-        tokens = rearrange(tokens, "(u i) n c -> u 1 (i n) c", u=2)  # (2, 1, n*N, C): cond, uncond
+    tokens, cond_sets = prompt_tokens(adapter, prompt, unfold)
     weights = {n: weight for n, _ in adapter.spec.layers} if layer_weights is None else dict(layer_weights)
-    branches = branches_from_tokens(adapter, tokens[0], tokens[1], weight, sigma_range, layers=weights)
-    extra = dict(schedule=schedule, mask=None if mask is None else mask.detach().float().cpu())
-    return {n: replace(b, weight=weights[n], **extra) for n, b in branches.items()}
+    per_frame = cond_sets > 1
+    frames = None
+    if per_frame or mask is not None or frame_weights is not None:
+        frames = FrameData(tokens if per_frame else None, cond_sets,
+                           None if mask is None else mask.detach().float().cpu(),
+                           None if frame_weights is None else torch.as_tensor(frame_weights, dtype=torch.float32))
+    if per_frame:
+        branches = {int(n): Branch(None, None, None, None, weight, sigma_range,
+                                   projection=(layer.to_k_ip.weight, layer.to_v_ip.weight))
+                    for n, layer in adapter.ip_adapter.items() if int(n) in weights}
+    else:
+        branches = branches_from_tokens(adapter, tokens[:1], tokens[1:], weight, sigma_range, layers=weights)
+    return {n: replace(b, weight=weights[n], schedule=schedule, frames=frames) for n, b in branches.items()}
 
 
 def branches_from_tokens(adapter: IPAdapterModel, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
                          weight: float, sigma_range: tuple[float, float] | None = None,
                          layers=None) -> dict[int, Branch]:
-    """Tokens (P, N, C) for cond and uncond rows -> {layer N: Branch}, for every layer or those in ``layers``.
-    Differentiable (training uses it, passing one tensor for both: its keys/values are then computed once)."""
+    """Tokens (P, N, C) for cond and uncond rows -> {layer N: Branch} holding K'/V', for every layer or those in
+    ``layers``. Differentiable (training uses it, passing one tensor for both: its keys/values are then computed
+    once)."""
     kv_cond = adapter.layer_keys_values(cond_tokens, layers)
     kv_uncond = kv_cond if uncond_tokens is cond_tokens else adapter.layer_keys_values(uncond_tokens, layers)
     return {n: Branch(*kv_cond[n], *kv_uncond[n], weight=weight, sigma_range=sigma_range) for n in kv_cond}
 
 
-def _fit(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """(P, N, D) -> (rows, N, D): broadcast one set, or one set per row (last repeated / extra sets dropped)."""
-    sets = t.shape[0]
-    if sets == 1:
-        return t.expand(rows, -1, -1)
-    if sets >= rows:
-        return t[:rows]
-    return torch.cat([t, t[-1:].expand(rows - sets, -1, -1)])
-
-
-def _rows(cond: torch.Tensor, uncond: torch.Tensor, cond_or_uncond, batch: int) -> torch.Tensor:
-    """(P, N, D) cond/uncond tensors -> (B, N, D), one chunk of rows per entry of cond_or_uncond (1 = uncond)."""
-    chunks = list(cond_or_uncond) or [0]
-    per, rest = divmod(batch, len(chunks))
-    if rest:
-        raise ValueError(f"batch of {batch} rows does not split into {len(chunks)} cond/uncond chunks")
-    if len(chunks) == 1:
-        return _fit(uncond if chunks[0] == 1 else cond, per)
-    return torch.cat([_fit(uncond if c == 1 else cond, per) for c in chunks])  # (B, N, D)
+def _keys_values(branch: Branch, rows: CallRows, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K'/V' (B, N, inner) for the rows of this call."""
+    if branch.projection is None:
+        return (chunk_rows(branch.k_cond, branch.k_uncond, rows),
+                chunk_rows(branch.v_cond, branch.v_uncond, rows))
+    tokens, inverse = branch.frames.call_tokens(rows, device, dtype)  # (U, N, C), (B,) or None
+    w_k, w_v = branch.projection
+    k, v = F.linear(tokens, w_k.to(dtype)), F.linear(tokens, w_v.to(dtype))  # (U, N, inner)
+    if inverse is not None:
+        k, v = k.index_select(0, inverse), v.index_select(0, inverse)
+    return k, v
 
 
 class IPAttentionPatch:
@@ -111,7 +164,6 @@ class IPAttentionPatch:
         self.inner = inner  # a previous attn2 replacement of another extension, or None
         self._placed_key = None  # (device, dtype) of the copy below: a cache, not state
         self._placed: tuple[Branch, ...] = ()
-        self._masks: dict = {}
 
     def stacked(self, branch: Branch) -> "IPAttentionPatch":
         return IPAttentionPatch(self.branches + (branch,), self.attention, self.inner)
@@ -120,14 +172,17 @@ class IPAttentionPatch:
         return self
 
     def to(self, device_or_dtype):
-        """Host protocol: pre-place the image keys/values where the model runs. Returns self."""
-        if self.branches:
-            device, dtype = self._placed_key or (self.branches[0].k_cond.device, torch.float32)
+        """Host protocol (a device, then the model's dtype, before sampling; the offload device after). The
+        branches are placed at the first call, on the query's device and dtype; a placement for another target
+        is dropped here, so offloading frees the device copy without making one on the offload device."""
+        if self.branches and self._placed_key is not None:
+            device, dtype = self._placed_key
             if isinstance(device_or_dtype, torch.dtype):
                 dtype = device_or_dtype
             else:
                 device = torch.device(device_or_dtype)
-            self._place(device, dtype)
+            if (device, dtype) != self._placed_key:
+                self._placed_key, self._placed = None, ()
         if hasattr(self.inner, "to"):
             self.inner = self.inner.to(device_or_dtype)
         return self
@@ -138,15 +193,7 @@ class IPAttentionPatch:
     def _place(self, device, dtype) -> tuple[Branch, ...]:
         self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
         self._placed_key = (device, dtype)
-        self._masks = {}
         return self._placed
-
-    def _layer_mask(self, branch: Branch, tokens: int, original_shape) -> torch.Tensor:
-        """The branch's mask on this layer's grid, resized once per latent size (a cache, not state)."""
-        key = (id(branch), tokens, None if original_shape is None else tuple(original_shape[-2:]))
-        if key not in self._masks:
-            self._masks[key] = layer_mask(branch.mask, tokens, original_shape)
-        return self._masks[key]
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -156,39 +203,20 @@ class IPAttentionPatch:
         else:
             out = self.attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
         placed = self._placed if self._placed_key == (q.device, q.dtype) else self._place(q.device, q.dtype)
-        cond_or_uncond = extra_options.get("cond_or_uncond", [0])
+        if not placed:
+            return out
+        rows = call_rows(extra_options, q.shape[0])
         sigmas = extra_options.get("sigmas")
         for branch in placed:
-            k_ip = _rows(branch.k_cond, branch.k_uncond, cond_or_uncond, q.shape[0])  # (B, N, inner)
-            v_ip = _rows(branch.v_cond, branch.v_uncond, cond_or_uncond, q.shape[0])
+            k_ip, v_ip = _keys_values(branch, rows, q.device, q.dtype)  # (B, N, inner)
             ip = self.attention(q, k_ip, v_ip, heads, attn_precision=precision, transformer_options=extra_options)
-            if branch.mask is not None:
-                mask = self._layer_mask(branch, q.shape[1], extra_options.get("original_shape"))  # (M, L, 1)
-                ip = ip * _rows(mask, mask, cond_or_uncond, q.shape[0])
+            frames = branch.frames
+            if frames is not None and frames.mask is not None:
+                ip = ip * frames.row_mask(rows, q.shape[1], extra_options.get("original_shape"), q.device, q.dtype)
+            if frames is not None and frames.weights is not None:
+                ip = ip * frames.row_weights(rows, q.device, q.dtype)
             out = out + ip * _scale(branch, sigmas, out.dtype)
         return out
-
-
-def latent_grid(tokens: int, original_shape) -> tuple[int, int]:
-    """The (h, w) grid of a layer with ``tokens`` query positions in a UNet run on a latent of ``original_shape``
-    (B, C, H, W): each downsampling halves the sides, rounding up."""
-    if original_shape is None:
-        raise ValueError("an attention mask needs the latent size (transformer_options['original_shape'])")
-    h, w = original_shape[-2:]
-    for _ in range(8):
-        if h * w == tokens:
-            return h, w
-        h, w = -(-h // 2), -(-w // 2)
-    raise ValueError(f"cannot place an attention mask on a layer with {tokens} positions for a latent of "
-                     f"{original_shape[-2]}x{original_shape[-1]}")
-
-
-def layer_mask(mask: torch.Tensor, tokens: int, original_shape) -> torch.Tensor:
-    """Mask (M, H, W) -> (M, L, 1) on the layer's latent grid (bilinear)."""
-    h, w = latent_grid(tokens, original_shape)
-    if mask.shape[-2:] != (h, w):
-        mask = F.interpolate(mask[:, None], size=(h, w), mode="bilinear")[:, 0]  # (M, h, w)
-    return rearrange(mask, "m h w -> m (h w) 1")
 
 
 def _scale(branch: Branch, sigmas, dtype):

@@ -25,6 +25,13 @@ def finite_number(name: str, value, low: float | None = None, high: float | None
     return float(value)
 
 
+def whole_number(name: str, value, low: int, high: int) -> int:
+    """An int within [low, high] (a frame count or index)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} is {value!r}: give a whole number from {low} to {high}")
+    return value
+
+
 def choice(name: str, value, options) -> str:
     if value not in options:
         raise InputError(f"{name}: {value!r} is not one of the options ({', '.join(map(str, options))}): pick one")
@@ -48,11 +55,26 @@ def number_list(name: str, text: str, example: str = "1.0, 0.5") -> list[float]:
     return values
 
 
+CHECK_ROWS = 16  # rows of a batch checked at a time: the check's own memory stays that of 16 rows
+
+
 def _first_non_finite(tensor: torch.Tensor) -> tuple[int, int] | None:
-    """(count of NaN/Inf values, flat index of the first) or None when all are finite."""
-    bad = ~torch.isfinite(tensor)
-    count = int(bad.sum())
-    return None if count == 0 else (count, int(bad.flatten().nonzero()[0]))
+    """(count of NaN/Inf values, flat index of the first) or None when all are finite; a few rows at a time, and
+    a broadcast view (the default negative of every frame) through the one row it holds."""
+    if tensor.ndim == 0:
+        tensor = tensor.reshape(1)
+    rows = tensor.shape[0]
+    if rows > 1 and tensor.stride(0) == 0:
+        bad = _first_non_finite(tensor[:1])
+        return None if bad is None else (bad[0] * rows, bad[1])
+    count, first, row_size = 0, None, tensor[0].numel() if rows else 0
+    for start in range(0, rows, CHECK_ROWS):
+        bad = ~torch.isfinite(tensor[start:start + CHECK_ROWS])
+        found = int(bad.sum())
+        if found and first is None:
+            first = start * row_size + int(bad.flatten().nonzero()[0])
+        count += found
+    return None if count == 0 else (count, first)
 
 
 def check_images(name: str, image) -> torch.Tensor:

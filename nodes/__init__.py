@@ -4,6 +4,7 @@ from ..host import files
 from .apply_ipadapter import ApplyIPAdapter, ApplyIPAdapterAdvanced
 from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
+from .frame_weights import IPAdapterCrossfadeBatches, IPAdapterFrameWeights
 from .image_prompt_files import LoadImagePrompt, SaveImagePrompt
 from .load_ipadapter import LoadIPAdapter
 from .noise_image import ImagePromptNoise
@@ -12,7 +13,7 @@ from .sockets import ComfyExtension
 files.register_model_folder()  # models/ipadapter, before any schema lists its files
 
 NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
-         ImagePromptNoise, SaveImagePrompt, LoadImagePrompt]
+         ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches]
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
 
 

@@ -1,7 +1,7 @@
 """Apply IP-Adapter and Apply IP-Adapter (Advanced): MODEL + IPADAPTER + IMAGE_PROMPT -> patched MODEL."""
 from ..host import patching
 from ..ipadapter_core import CURVES, LAYER_PRESETS, check_custom_weights, choice, finite_number
-from .sockets import CATEGORY, FRACTION_RANGE, WEIGHT_RANGE, ImagePrompt, IPAdapter, io, verdict
+from .sockets import CATEGORY, FRACTION_RANGE, WEIGHT_RANGE, FrameWeights, ImagePrompt, IPAdapter, io, verdict
 
 PATCHED = "A patched copy of the model; the input model is left unchanged."
 
@@ -22,7 +22,11 @@ def _common_inputs():
 
 
 MASK = io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only inside the mask (resized to "
-                     "each layer's latent grid). Two masked adapters give regional image prompts.")
+                     "each layer's latent grid). Two masked adapters give regional image prompts. A batch of masks: "
+                     "one per frame.")
+FRAME_WEIGHTS = FrameWeights.Input("frame_weights", optional=True, tooltip=(
+    "A multiplier of weight per frame (IP-Adapter Frame Weights or Crossfade Batches), by absolute frame also "
+    "in context windows; fewer entries than frames: the last repeats."))
 
 
 def _check_strength(weight=None, start_at=None, end_at=None, composition_weight=None):
@@ -59,8 +63,8 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
         return io.Schema(
             node_id="ApplyIPAdapterAdvanced", display_name="Apply IP-Adapter (Advanced)", category=CATEGORY,
             description="Apply IP-Adapter with per-layer weights (presets such as style transfer and composition, "
-                        "or a custom list), a weight curve over the sampling range, batch unfold and an attention "
-                        "mask.",
+                        "or a custom list), a weight curve over the sampling range, batch unfold, an attention mask "
+                        "and per-frame weights for animations.",
             inputs=[
                 *_common_inputs(),
                 io.Combo.Input("layer_weights", options=list(LAYER_PRESETS), default="linear", tooltip=(
@@ -74,9 +78,10 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                 io.Combo.Input("weight_curve", options=list(CURVES), default="constant",
                                tooltip="How the weight changes between start_at and end_at."),
                 io.Boolean.Input("unfold_batch", default=False, tooltip=(
-                    "Image i of the prompt conditions latent i (animation frames); off: every latent sees every "
-                    "image.")),
+                    "Image i of the prompt conditions frame i (by absolute frame, also in AnimateDiff's context "
+                    "windows; fewer images than frames: the last repeats); off: every latent sees every image.")),
                 MASK,
+                FRAME_WEIGHTS,
             ],
             outputs=[io.Model.Output(tooltip=PATCHED)])
 
@@ -94,9 +99,9 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, layer_weights, composition_weight,
-                custom_layer_weights, weight_curve, unfold_batch, attn_mask=None):
+                custom_layer_weights, weight_curve, unfold_batch, attn_mask=None, frame_weights=None):
         options = patching.ApplyOptions(layer_preset=layer_weights, composition_weight=composition_weight,
                                         custom_layer_weights=custom_layer_weights, weight_curve=weight_curve,
-                                        attn_mask=attn_mask, unfold_batch=unfold_batch)
+                                        attn_mask=attn_mask, unfold_batch=unfold_batch, frame_weights=frame_weights)
         return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
                                                        options))

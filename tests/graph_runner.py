@@ -17,7 +17,8 @@ import nodes as host_nodes
 
 VALUES: dict = {}
 KEPT: dict = {}
-TYPES = ("MODEL", "IPADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK", "FLOAT", "STRING", "INT")
+TYPES = ("MODEL", "IPADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK", "FLOAT", "STRING", "INT",
+         "IPADAPTER_FRAME_WEIGHTS")
 _ids = itertools.count()
 
 

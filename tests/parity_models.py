@@ -81,10 +81,10 @@ MODEL_CHANNELS = 32
 IN_CHANNELS = 4
 
 
-def _unet_config(layout, context_dim):
+def _unet_config(layout, context_dim, model_channels=MODEL_CHANNELS, heads=HEADS):
     common = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
                   adm_in_channels=None, dtype=torch.float32, in_channels=IN_CHANNELS,
-                  model_channels=MODEL_CHANNELS, context_dim=context_dim, num_heads=HEADS, num_head_channels=-1,
+                  model_channels=model_channels, context_dim=context_dim, num_heads=heads, num_head_channels=-1,
                   use_temporal_attention=False, use_temporal_resblock=False)
     if layout == "sd15":
         return dict(common, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
@@ -181,12 +181,19 @@ def build_pair(layout: str, seed: int = 0, context_dim: int = 32):
     return patcher, unet, info
 
 
-def _host_model(layout: str, unet_config: dict, seed: int):
+def host_model(layout: str, context_dim: int, model_channels: int, heads: int = HEADS, seed: int = 0):
+    """The host's ModelPatcher of a UNet with the real SD1.5 / SDXL block and transformer layout (so the real
+    cross-attention layer count and keys) at any width, with seeded random weights; no diffusers twin (the
+    benchmarks' models: SD1.5 at its full width 320, SDXL with reduced widths)."""
+    return _host_model(layout, _unet_config(layout, context_dim, model_channels, heads), seed, heads)[1]
+
+
+def _host_model(layout: str, unet_config: dict, seed: int, heads: int = HEADS):
     """The host's BaseModel (EPS) with the tiny config and seeded random weights, and its ModelPatcher."""
     base_cls = comfy.supported_models.SD15 if layout == "sd15" else comfy.supported_models.SDXL
     # BASE.__init__ copies unet_extra_config over the config: keep our head count.
     config_cls = type(f"Tiny{base_cls.__name__}", (base_cls,),
-                      {"unet_extra_config": {"num_heads": HEADS, "num_head_channels": -1}})
+                      {"unet_extra_config": {"num_heads": heads, "num_head_channels": -1}})
     model_config = config_cls(unet_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()

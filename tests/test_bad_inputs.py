@@ -166,6 +166,24 @@ def _load_prompt(w, name):
     return _graph(w, "LoadImagePrompt", {"prompt_file": name})
 
 
+def _frame_weights(w, **over):
+    inputs = {"weights": "1.0, 0.0", "timing": "linear", "frames": 16, "start_frame": 0, "end_frame": 9999}
+    inputs.update(over)
+    return _graph(w, "IPAdapterFrameWeights", inputs)
+
+
+def _schedule(*values):
+    from ipadapter_suite.ipadapter_core import FrameWeights
+    return ("IPADAPTER_FRAME_WEIGHTS", FrameWeights(tuple(values)))
+
+
+def _crossfade(w, **over):
+    inputs = {"image": ("IMAGE", torch.rand(3, 16, 16, 3)), "frame_weights": _schedule(1.0, 0.5, 0.0),
+              "method": "shift batches", "add_starting_frames": 0, "add_ending_frames": 0}
+    inputs.update(over)
+    return _graph(w, "IPAdapterCrossfadeBatches", inputs)
+
+
 def _nan_mask():
     mask = torch.ones(16, 16)
     mask[2, 3] = NAN
@@ -268,6 +286,33 @@ CASES = [
          ("composition_weight is nan",)),
     Case("unknown layer preset", lambda w: _advanced(w, layer_weights="weak middle"), _advanced, "validation",
          ("layer_weights", "weak middle")),
+    Case("frame_weights with NaN (from a script)", lambda w: _advanced(w, frame_weights=_schedule(1.0, NAN)),
+         lambda w: _advanced(w, frame_weights=_schedule(1.0, 0.5)), "execution",
+         ("frame_weights (frame 1) is nan", "finite number")),
+    Case("frame_weights that are not a schedule", lambda w: _advanced(w, frame_weights=(
+        "IPADAPTER_FRAME_WEIGHTS", {"weights": [1.0]})), lambda w: _advanced(w, frame_weights=_schedule(1.0)),
+         "execution", ("frame_weights: expected IP-Adapter frame weights, got dict", "IP-Adapter Frame Weights")),
+    Case("empty frame_weights (from a script)", lambda w: _advanced(w, frame_weights=_schedule()),
+         lambda w: _advanced(w, frame_weights=_schedule(0.5)), "execution", ("frame_weights is empty",)),
+    # IP-Adapter Frame Weights and Crossfade Batches
+    Case("frame weights that are not numbers", lambda w: _frame_weights(w, weights="1, x"), _frame_weights,
+         "validation", ("weights: 'x' is not a number", "e.g.")),
+    Case("empty frame weights", lambda w: _frame_weights(w, weights=" "), _frame_weights, "validation",
+         ("weights is empty", "first and last weights")),
+    Case("a frame weight out of range", lambda w: _frame_weights(w, weights="1, 9"), _frame_weights, "validation",
+         ("weights is 9.0, outside", "in that range")),
+    Case("a curve starting after its end", lambda w: _frame_weights(w, start_frame=20), _frame_weights,
+         "validation", ("start_frame 20 is not before end_frame 16", "lower start_frame")),
+    Case("unknown frame weights timing", lambda w: _frame_weights(w, timing="bounce"), _frame_weights,
+         "validation", ("timing", "'bounce'", "pick one")),
+    Case("crossfade of one image", lambda w: _crossfade(w, image=("IMAGE", torch.rand(1, 16, 16, 3))), _crossfade,
+         "execution", ("image", "needs at least 2 images", "full batch")),
+    Case("crossfade of an empty batch", lambda w: _crossfade(w, image=("IMAGE", torch.zeros(0, 16, 16, 3))),
+         _crossfade, "execution", ("image is an empty batch",)),
+    Case("crossfade weights with Inf (from a script)", lambda w: _crossfade(w, frame_weights=_schedule(INF, 0.0)),
+         _crossfade, "execution", ("frame_weights (frame 0) is inf",)),
+    Case("unknown crossfade method", lambda w: _crossfade(w, method="sideways"), _crossfade, "validation",
+         ("method", "'sideways'", "pick one")),
     # Combine Image Prompts: the weights text, the pairing
     Case("weights that are not numbers", lambda w: _combine(w, weights="a,b"), _combine, "validation",
          ("weights: 'a' is not a number", "separated by commas", "e.g.")),

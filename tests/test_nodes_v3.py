@@ -25,7 +25,7 @@ PUBLIC = {
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
         ("layer_weights", "COMBO", True), ("composition_weight", "FLOAT", True),
         ("custom_layer_weights", "STRING", True), ("weight_curve", "COMBO", True), ("unfold_batch", "BOOLEAN", True),
-        ("attn_mask", "MASK", False)], ["MODEL"]),
+        ("attn_mask", "MASK", False), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", False)], ["MODEL"]),
     "CombineImagePrompts": ("Combine Image Prompts", [
         ("image_prompt", "IMAGE_PROMPT", True), ("method", "COMBO", True), ("weights", "STRING", True),
         ("image_prompt_2", "IMAGE_PROMPT", False), ("image_prompt_3", "IMAGE_PROMPT", False),
@@ -36,6 +36,13 @@ PUBLIC = {
     "SaveImagePrompt": ("Save Image Prompt", [("image_prompt", "IMAGE_PROMPT", True),
                                               ("filename_prefix", "STRING", True)], []),
     "LoadImagePrompt": ("Load Image Prompt", [("prompt_file", "COMBO", True)], ["IMAGE_PROMPT"]),
+    "IPAdapterFrameWeights": ("IP-Adapter Frame Weights", [
+        ("weights", "STRING", True), ("timing", "COMBO", True), ("frames", "INT", True), ("start_frame", "INT", True),
+        ("end_frame", "INT", True)], ["IPADAPTER_FRAME_WEIGHTS", "IPADAPTER_FRAME_WEIGHTS", "INT"]),
+    "IPAdapterCrossfadeBatches": ("IP-Adapter Crossfade Batches", [
+        ("image", "IMAGE", True), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", True), ("method", "COMBO", True),
+        ("add_starting_frames", "INT", True), ("add_ending_frames", "INT", True)],
+        ["IPADAPTER_FRAME_WEIGHTS", "IPADAPTER_FRAME_WEIGHTS", "IMAGE", "IMAGE", "INT"]),
 }
 
 
