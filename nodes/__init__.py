@@ -6,6 +6,7 @@ from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
 from .frame_weights import IPAdapterCrossfadeBatches, IPAdapterFrameWeights
 from .image_prompt_files import LoadImagePrompt, SaveImagePrompt
+from .load_by_contents import LoadIPAdapterByPreset
 from .load_ipadapter import LoadIPAdapter
 from .noise_image import ImagePromptNoise
 from .sockets import ComfyExtension
@@ -14,6 +15,7 @@ files.register_model_folder()  # models/ipadapter, before any schema lists its f
 
 NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
          ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches]
+NODES += [LoadIPAdapterByPreset]
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
 
 

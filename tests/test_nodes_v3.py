@@ -43,6 +43,9 @@ PUBLIC = {
         ("image", "IMAGE", True), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", True), ("method", "COMBO", True),
         ("add_starting_frames", "INT", True), ("add_ending_frames", "INT", True)],
         ["IPADAPTER_FRAME_WEIGHTS", "IPADAPTER_FRAME_WEIGHTS", "IMAGE", "IMAGE", "INT"]),
+    "LoadIPAdapterByPreset": ("Load IP-Adapter (by contents)", [
+        ("model", "MODEL", True), ("preset", "COMBO", True), ("ipadapter_name", "COMBO", False)],
+        ["MODEL", "IPADAPTER", "CLIP_VISION"]),
 }
 
 
