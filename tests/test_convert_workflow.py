@@ -1,0 +1,326 @@
+"""tools/convert_workflow.py on the incumbent's own 21 example workflows (tests/incumbent_workflows/, GPL-3.0 like
+this project) and on small API-format graphs written here.
+
+* every example converts; links stay consistent at both ends, new ids follow the file's last ones, every node
+  that is not the incumbent's is kept as it was (position, widgets, links), what is not converted is reported;
+* widget values land on our inputs by name (checked on the examples, against values read off the files here);
+* in the real host and front-end: converted graphs use only registered node types, apart from other packs, the
+  incumbent nodes reported as kept and the nodes other parts of the product add (``pending``); those using only
+  core nodes and ours load with no console error, give the same API graph in the front-end and in the tests, and
+  run to an image on stand-in files (ipadapter_simple, ipadapter_weighted_embeds).
+"""
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import HOST, NO_HOST_REASON, REPO
+
+sys.path.insert(0, str(REPO))  # `tools` is a folder of the repository, run as `python -m tools.convert_workflow`
+from tools import incumbent_nodes as data  # noqa: E402
+from tools.convert_workflow import convert  # noqa: E402
+
+EXAMPLES = REPO / "tests" / "incumbent_workflows"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+MIRROR = Path("/work/.mirror/cubiq+ComfyUI_IPAdapter_plus/repo")
+# The incumbent's NODE_CLASS_MAPPINGS at 9d076a3 (2025-02-26), written out.
+INCUMBENT_IDS = """IPAdapter IPAdapterAdvanced IPAdapterBatch IPAdapterFaceID IPAdapterFaceIDKolors IPAAdapterFaceIDBatch
+IPAdapterTiled IPAdapterTiledBatch IPAdapterEmbeds IPAdapterEmbedsBatch IPAdapterStyleComposition
+IPAdapterStyleCompositionBatch IPAdapterMS IPAdapterClipVisionEnhancer IPAdapterClipVisionEnhancerBatch
+IPAdapterFromParams IPAdapterPreciseStyleTransfer IPAdapterPreciseStyleTransferBatch IPAdapterPreciseComposition
+IPAdapterPreciseCompositionBatch IPAdapterUnifiedLoader IPAdapterUnifiedLoaderFaceID IPAdapterModelLoader
+IPAdapterInsightFaceLoader IPAdapterUnifiedLoaderCommunity IPAdapterEncoder IPAdapterCombineEmbeds IPAdapterNoise
+PrepImageForClipVision IPAdapterSaveEmbeds IPAdapterLoadEmbeds IPAdapterWeights IPAdapterCombineWeights
+IPAdapterWeightsFromStrategy IPAdapterPromptScheduleFromWeightsStrategy IPAdapterRegionalConditioning
+IPAdapterCombineParams""".split()
+OURS = set(data.TARGETS)
+PENDING_TYPES = {name for name, target in data.TARGETS.items() if target.pending}
+
+
+def load(name):
+    return json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def converted(name):
+    return convert(load(name))
+
+
+def by_id(workflow):
+    return {node["id"]: node for node in workflow["nodes"]}
+
+
+def check_links(workflow):
+    """Every link is listed at both of its ends and every listed link exists; ids stay under the counters."""
+    nodes, links = by_id(workflow), {link[0]: link for link in workflow["links"]}
+    for link_id, origin, slot, target, target_slot, _ in workflow["links"]:
+        assert link_id in (nodes[origin]["outputs"][slot].get("links") or []), f"link {link_id} not at its origin"
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id, f"link {link_id} not at its target"
+    for node in workflow["nodes"]:
+        for slot in node.get("inputs") or []:
+            assert slot.get("link") is None or slot["link"] in links, f"node {node['id']}: dangling {slot}"
+        for out in node.get("outputs") or []:
+            assert all(l in links for l in out.get("links") or []), f"node {node['id']}: dangling {out}"
+    assert workflow["last_node_id"] >= max(nodes) and workflow["last_link_id"] >= max(links, default=0)
+
+
+def _without_links(node):
+    node = copy.deepcopy(node)
+    for slot in node.get("inputs") or []:
+        slot.pop("link", None)
+    for slot in node.get("outputs") or []:
+        slot.pop("links", None)
+        slot.pop("slot_index", None)
+    return node
+
+
+# ------------------------------------------------------------------------------------------------ the data
+
+def test_the_37_node_ids_of_the_incumbent_each_have_a_rule():
+    assert len(INCUMBENT_IDS) == 37 and set(data.RULES) == set(INCUMBENT_IDS)
+    if MIRROR.is_dir():  # the incumbent's own file, when a copy of it is at hand
+        text = subprocess.run(["git", "--git-dir", str(MIRROR), "show", "HEAD:IPAdapterPlus.py"],
+                              capture_output=True, text=True, check=True).stdout
+        block = text[text.index("NODE_CLASS_MAPPINGS = {"):]
+        block = block[:block.index("}")]
+        assert set(re.findall(r'"(\w+)":', block)) == set(INCUMBENT_IDS)
+
+
+def test_weight_types_agree_with_the_presets_module_when_it_has_them(ext):
+    """The preset names are agreed data; once the presets module maps the incumbent's weight types itself, both
+    must say the same."""
+    presets = ext.ipadapter_core.presets
+    assert set(data.WEIGHT_TYPES) == {"linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input",
+                                      "weak output", "weak middle", "strong middle", "style transfer", "composition",
+                                      "strong style transfer", "style and composition", "style transfer precise",
+                                      "composition precise"}
+    if hasattr(presets, "INCUMBENT_WEIGHT_TYPES"):
+        assert presets.INCUMBENT_WEIGHT_TYPES == data.WEIGHT_TYPES
+    here = set(presets.LAYER_PRESETS)
+    assert {v for v in data.WEIGHT_TYPES.values() if v not in data.PENDING_VALUES["layer_weights"][1]} <= here
+
+
+def test_incumbent_block_numbers_cover_every_block_of_our_layer_table(ext):
+    layouts = ext.ipadapter_core.LAYOUTS
+    for family, blocks in data.INCUMBENT_BLOCKS.items():
+        ours = {f"{n} {i}" if n != "middle" else "middle" for n, i, _ in (s.key for s in layouts[family])}
+        assert set(blocks) == ours and len(blocks) == len(ours), family
+
+
+# ------------------------------------------------------------------------------------------------ the examples
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_example_converts_keeping_the_rest_of_the_graph(name):
+    source = load(name)
+    out, report = convert(source)
+    check_links(out)
+    before, after = by_id(source), by_id(out)
+    kept = {e["node"] for e in report.kept}
+    for nid, node in before.items():
+        if node["type"] not in data.RULES:
+            assert _without_links(after[nid]) == _without_links(node), f"node {nid} ({node['type']}) changed"
+        elif nid in after:
+            assert after[nid]["pos"] == node["pos"], f"node {nid} moved"
+            assert (after[nid]["type"] in OURS) != (nid in kept), f"node {nid}: neither converted nor reported"
+        else:
+            assert node["type"] == "PrepImageForClipVision", f"node {nid} ({node['type']}) vanished"
+    assert all(after[n]["type"] in data.RULES for n in kept)
+    new = set(after) - set(before)
+    assert all(n > source["last_node_id"] for n in new) and all(after[n]["type"] in OURS for n in new)
+    assert out["groups"] == source.get("groups", []) and out.get("extra") == source.get("extra")
+    assert not {n["type"] for n in out["nodes"]} & (set(data.RULES) - {e["type"] for e in report.kept})
+
+
+def _node(workflow, type_, **where):
+    found = [n for n in workflow["nodes"] if n["type"] == type_
+             and all(n.get(k) == v for k, v in where.items())]
+    assert len(found) == 1, f"{len(found)} {type_} nodes"
+    return found[0]
+
+
+def _feeds(workflow, node, name):
+    """(origin node, origin slot) of a node's input."""
+    link = next(s["link"] for s in node["inputs"] if s["name"] == name)
+    origin, slot = next(l[1:3] for l in workflow["links"] if l[0] == link)
+    return by_id(workflow)[origin], slot
+
+
+def test_an_apply_node_becomes_encode_then_apply_with_its_values():
+    """ipadapter_advanced: IPAdapterAdvanced [0.8, linear, concat, 0, 1, V only] fed by PrepImageForClipVision
+    [LANCZOS, top, 0.15] and a CLIP vision loader."""
+    out, report = converted("ipadapter_advanced")
+    apply = _node(out, "ApplyIPAdapterAdvanced", id=14)
+    assert apply["widgets_values"] == [0.8, 0, 1, "linear", 1.0, "", "constant", False]
+    encode, slot = _feeds(out, apply, "image_prompt")
+    assert encode["type"] == "EncodeImagePrompt" and slot == 0
+    assert encode["widgets_values"] == ["top/left crop", 8, "lanczos", 0.15]
+    assert _feeds(out, encode, "image")[0]["type"] == "LoadImage"  # the Prep node folded away
+    assert _feeds(out, encode, "clip_vision")[0]["type"] == "CLIPVisionLoader"
+    assert _feeds(out, apply, "ipadapter")[0]["type"] == "LoadIPAdapter"
+    assert report.needs == {"controls"}  # interpolation and sharpening are the controls part's inputs
+
+
+def test_unified_loader_gives_model_adapter_and_encoder():
+    out, report = converted("ipadapter_simple")
+    loader = _node(out, "LoadIPAdapterByPreset")
+    assert loader["widgets_values"] == ["plus", "auto"] and [o["type"] for o in loader["outputs"]] == [
+        "MODEL", "IPADAPTER", "CLIP_VISION"]
+    apply = _node(out, "ApplyIPAdapterAdvanced")
+    assert apply["widgets_values"][:4] == [0.8, 0, 1, "linear"]  # no weight_type saved: 'standard'
+    encode = _feeds(out, apply, "image_prompt")[0]
+    assert _feeds(out, encode, "clip_vision") == (loader, 2)
+    assert _feeds(out, apply, "model") == (loader, 0) and _feeds(out, apply, "ipadapter") == (loader, 1)
+    assert _node(out, "KSampler")["inputs"][0]["link"] == apply["outputs"][0]["links"][0]
+    assert not report.needs and not report.kept
+
+
+def test_combine_embeds_becomes_combine_image_prompts():
+    out, _ = converted("ipadapter_combine_embeds")
+    methods = {}
+    for apply in [n for n in out["nodes"] if n["type"] == "ApplyIPAdapterAdvanced"]:
+        feed = _feeds(out, apply, "image_prompt")[0]
+        methods[apply["id"]] = feed["widgets_values"][0] if feed["type"] == "CombineImagePrompts" else "concat"
+    assert methods == {14: "concat", 43: "add", 51: "norm average", 47: "average"}
+
+
+def test_mad_scientist_layer_weights_by_block():
+    out, report = converted("ipadapter_precise_composition")
+    ms = _node(out, "ApplyIPAdapterAdvanced", id=15)
+    values = dict(zip(["weight", "start_at", "end_at", "layer_weights", "composition_weight",
+                       "custom_layer_weights"], ms["widgets_values"]))
+    assert values["layer_weights"] == "custom"
+    assert values["custom_layer_weights"] == ("input 4=0, input 5=0, input 7=0, input 8=0.8, middle=0, output 0=0, "
+                                              "output 1=0.35, output 2=0, output 3=0, output 4=0, output 5=0")
+    precise = _node(out, "ApplyIPAdapterAdvanced", id=12)
+    assert precise["widgets_values"][:5] == [0.8, 0, 1, "composition precise", 0.35000000000000003]
+    assert precise["widgets_values"][8] == "K+mean(V) w/ C penalty"  # embeds_scaling, after unfold_batch
+
+
+def test_weights_from_ipadapter_weights_become_frame_weights():
+    out, _ = converted("ipadapter_weights")
+    apply = _node(out, "ApplyIPAdapterAdvanced")
+    weights, slot = _feeds(out, apply, "frame_weights")
+    assert weights["type"] == "IPAdapterFrameWeights" and slot == 0
+    assert weights["widgets_values"] == ["1.0, 0.0", "linear", 6, 0, 9999]
+    assert apply["widgets_values"][0] == 1.0 and apply["widgets_values"][7] is True  # weight, unfold_batch
+    assert _feeds(out, weights, "frames")[0]["type"] == "PrimitiveNode"
+
+
+def test_faceid_nodes_become_face_analysis_face_prompt_and_apply():
+    out, report = converted("ipadapter_faceid")
+    loader, apply = _node(out, "LoadIPAdapterByPreset"), _node(out, "ApplyIPAdapterAdvanced")
+    assert loader["widgets_values"][0] == "faceid plus v2"
+    face = _feeds(out, apply, "image_prompt")[0]
+    assert face["type"] == "EncodeFacePrompt"
+    assert _feeds(out, face, "face_analysis")[0]["type"] == "LoadFaceAnalysis"
+    assert _feeds(out, face, "clip_vision") == (loader, 2)
+    values = apply["widgets_values"]
+    assert values[:4] == [1, 0, 1, "linear"] and values[-2:] == [0.6, 2]  # lora_strength, shortcut_weight
+    assert report.needs == {"faceid"}
+
+
+def test_style_and_composition_get_one_encoder_each():
+    out, _ = converted("ipadapter_style_composition")
+    apply = _node(out, "ApplyIPAdapterStyleComposition")
+    assert apply["widgets_values"] == [1.2, 1, False, 0, 1, "V only"]
+    style, composition = (_feeds(out, apply, n)[0] for n in ("image_prompt_style", "image_prompt_composition"))
+    assert style["type"] == composition["type"] == "EncodeImagePrompt" and style["id"] != composition["id"]
+    assert _feeds(out, style, "image")[0]["id"] != _feeds(out, composition, "image")[0]["id"]
+
+
+def test_encoder_and_embeds_nodes_keep_their_chain():
+    out, report = converted("ipadapter_weighted_embeds")
+    apply = _node(out, "ApplyIPAdapterAdvanced")
+    combine = _feeds(out, apply, "image_prompt")[0]
+    assert combine["type"] == "CombineImagePrompts" and combine["widgets_values"][0] == "average"
+    loader = _node(out, "LoadIPAdapterByPreset")
+    for name in ("image_prompt", "image_prompt_2"):
+        encode = _feeds(out, combine, name)[0]
+        assert encode["type"] == "EncodeImagePrompt" and _feeds(out, encode, "clip_vision") == (loader, 2)
+    notes = " ".join(n for e in report.converted for n in e["notes"])
+    assert "weight = 1.5 not converted" in notes and "neg_embed" in notes
+
+
+def test_what_has_no_equivalent_is_kept_and_reported():
+    out, report = converted("ipadapter_regional_conditioning")
+    assert sorted(e["type"] for e in report.kept) == ["IPAdapterCombineParams", "IPAdapterFromParams"] + [
+        "IPAdapterRegionalConditioning"] * 3
+    assert all("IPADAPTER_PARAMS" in e["why"] for e in report.kept)
+    assert _node(out, "IPAdapterFromParams")["widgets_values"] == _node(load("ipadapter_regional_conditioning"),
+                                                                        "IPAdapterFromParams")["widgets_values"]
+
+
+# ------------------------------------------------------------------------------------------------ API format
+
+def _api_graph():
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "2": {"class_type": "IPAdapterUnifiedLoader", "inputs": {"model": ["1", 0], "preset": "VIT-G (medium strength)"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "4": {"class_type": "PrepImageForClipVision", "inputs": {"image": ["3", 0], "interpolation": "BICUBIC",
+                                                                 "crop_position": "pad", "sharpening": 0.0}},
+        "5": {"class_type": "IPAdapterAdvanced", "inputs": {
+            "model": ["2", 0], "ipadapter": ["2", 1], "image": ["4", 0], "weight": 0.7, "weight_type": "style transfer",
+            "combine_embeds": "average", "start_at": 0.1, "end_at": 0.9, "embeds_scaling": "V only"}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": 3, "steps": 2}},
+    }
+
+
+def test_api_format_converts_by_input_name():
+    out, report = convert(_api_graph())
+    assert set(out) >= {"1", "2", "3", "5", "6"} and "4" not in out  # the Prep node folded into the encoder
+    assert out["2"] == {"class_type": "LoadIPAdapterByPreset", "inputs": {
+        "model": ["1", 0], "preset": "vit-G", "ipadapter_name": "auto"}}
+    apply = out["5"]
+    assert apply["class_type"] == "ApplyIPAdapterAdvanced" and apply["inputs"]["model"] == ["2", 0]
+    assert {k: apply["inputs"][k] for k in ("weight", "start_at", "end_at", "layer_weights")} == {
+        "weight": 0.7, "start_at": 0.1, "end_at": 0.9, "layer_weights": "style transfer"}
+    combine = out[apply["inputs"]["image_prompt"][0]]
+    assert combine["class_type"] == "CombineImagePrompts" and combine["inputs"]["method"] == "average"
+    encode = out[combine["inputs"]["image_prompt"][0]]
+    assert encode["class_type"] == "EncodeImagePrompt"
+    assert encode["inputs"] == {"clip_vision": ["2", 2], "image": ["3", 0], "fit": "pad", "batch_size": 8}
+    assert out["6"] == _api_graph()["6"] and not report.needs  # bicubic is this version's interpolation
+
+
+def test_api_and_ui_formats_give_the_same_graph():
+    """The converted API prompt of a small UI graph equals the conversion of its API prompt."""
+    ui = load("ipadapter_simple")
+    out_ui, _ = convert(ui)
+    prompt = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in ui["nodes"]}
+    links = {l[0]: l for l in ui["links"]}
+    for node in ui["nodes"]:
+        for slot in node.get("inputs") or []:
+            if slot.get("link") is not None:
+                prompt[str(node["id"])]["inputs"][slot["name"]] = [str(links[slot["link"]][1]), links[slot["link"]][2]]
+    prompt["11"]["inputs"]["preset"] = "PLUS (high strength)"
+    prompt["10"]["inputs"].update(weight=0.8, start_at=0, end_at=1)
+    out_api, _ = convert(prompt)
+    ui_links, ui_nodes = {l[0]: l for l in out_ui["links"]}, by_id(out_ui)
+    as_types = lambda inputs: {k: (out_api[v[0]]["class_type"], v[1]) for k, v in inputs.items()  # noqa: E731
+                               if isinstance(v, list)}
+    ui_graph = sorted((n["type"], sorted({s["name"]: (ui_nodes[ui_links[s["link"]][1]]["type"], ui_links[s["link"]][2])
+                                          for s in n.get("inputs") or [] if s.get("link") is not None}.items()))
+                      for n in out_ui["nodes"])
+    api_graph = sorted((n["class_type"], sorted(as_types(n["inputs"]).items())) for n in out_api.values())
+    assert ui_graph == api_graph
+    assert len(out_api) == len(out_ui["nodes"])
+
+
+def test_command_line_converts_a_folder_and_reports(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "tools.convert_workflow", "--folder", str(EXAMPLES),
+                          str(tmp_path / "out"), "--report", str(tmp_path / "report.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.json")) == NAMES
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report) == len(NAMES)
+    assert "IPAdapterFaceIDKolors: kept as it is (Kolors" in run.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    run = subprocess.run([sys.executable, "-m", "tools.convert_workflow", str(bad), str(tmp_path / "x.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "not a ComfyUI workflow" in run.stderr
