@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import HOST, NO_HOST_REASON, REPO
+from workflow_format import FRONTEND_ONLY, ordered_inputs, to_api
 
-sys.path.insert(0, str(REPO))  # `tools` is a folder of the repository, run as `python -m tools.convert_workflow`
-from tools import incumbent_nodes as data  # noqa: E402
-from tools.convert_workflow import convert  # noqa: E402
+from tools import incumbent_nodes as data  # the repository's tools/ (conftest puts the repository on sys.path)
+from tools.convert_workflow import convert
 
 EXAMPLES = REPO / "tests" / "incumbent_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
@@ -258,7 +258,8 @@ def test_what_has_no_equivalent_is_kept_and_reported():
 def _api_graph():
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
-        "2": {"class_type": "IPAdapterUnifiedLoader", "inputs": {"model": ["1", 0], "preset": "VIT-G (medium strength)"}},
+        "2": {"class_type": "IPAdapterUnifiedLoader",
+              "inputs": {"model": ["1", 0], "preset": "VIT-G (medium strength)"}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
         "4": {"class_type": "PrepImageForClipVision", "inputs": {"image": ["3", 0], "interpolation": "BICUBIC",
                                                                  "crop_position": "pad", "sharpening": 0.0}},
@@ -295,7 +296,8 @@ def test_api_and_ui_formats_give_the_same_graph():
     for node in ui["nodes"]:
         for slot in node.get("inputs") or []:
             if slot.get("link") is not None:
-                prompt[str(node["id"])]["inputs"][slot["name"]] = [str(links[slot["link"]][1]), links[slot["link"]][2]]
+                link = links[slot["link"]]
+                prompt[str(node["id"])]["inputs"][slot["name"]] = [str(link[1]), link[2]]
     prompt["11"]["inputs"]["preset"] = "PLUS (high strength)"
     prompt["10"]["inputs"].update(weight=0.8, start_at=0, end_at=1)
     out_api, _ = convert(prompt)
@@ -324,3 +326,99 @@ def test_command_line_converts_a_folder_and_reports(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tools.convert_workflow", str(bad), str(tmp_path / "x.json")],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "not a ComfyUI workflow" in run.stderr
+
+
+# ------------------------------------------------------------------------------------------------ in the host
+
+needs_host = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+# Examples that use only core nodes and ours once converted, run here on stand-in files (ipadapter_cosxl_edit
+# also does, but needs an InstructPix2Pix-style SDXL edit checkpoint, which has no stand-in here).
+RUN = ["ipadapter_simple", "ipadapter_weighted_embeds"]
+RUN_IMAGES = ["warrior_woman.png", "anime_illustration.png"]
+RUN_CHECKPOINT = "sd15/realisticVisionV51_v51VAE.safetensors"
+
+
+@pytest.fixture(scope="module")
+def server(model_files, tmp_path_factory):
+    """The host with this extension, and stand-ins under the names the runnable examples use; the adapter and the
+    encoder under names that say nothing (the converted loader finds them by their contents)."""
+    import workflow_files
+    from host_server import comfy_server
+    from official_formats import write_random_adapter
+    base = tmp_path_factory.mktemp("converted_host")
+    for folder in ("models/checkpoints/sd15", "models/ipadapter", "models/clip_vision", "input"):
+        (base / folder).mkdir(parents=True)
+    (base / "models/checkpoints" / RUN_CHECKPOINT).symlink_to(model_files["sd15"])
+    (base / "models/clip_vision/encoder.safetensors").symlink_to(model_files["vit_h"])
+    write_random_adapter(base / "models/ipadapter/adapter.safetensors", "ip-adapter-plus_sd15")
+    for seed, name in enumerate(RUN_IMAGES):
+        workflow_files._image(seed)(base / "input" / name, model_files)
+    (base / "user" / "default").mkdir(parents=True)
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
+        {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
+    with comfy_server(base, extra_args=("--bf16-text-enc",)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    from host_server import request
+    return request(server["port"], "/object_info")
+
+
+def _allowed_missing(name, report, object_info):
+    """Node types a converted graph may use that the host does not register: other packs the example uses, the
+    incumbent's nodes reported as kept, and the nodes other parts of this product add."""
+    source = {n["type"] for n in load(name)["nodes"]}
+    other_packs = source - set(object_info) - set(data.RULES) - FRONTEND_ONLY
+    return other_packs | {e["type"] for e in report.kept} | (PENDING_TYPES - set(object_info))
+
+
+@needs_host
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_example_fits_the_host(name, object_info):
+    out, report = converted(name)
+    missing = {n["type"] for n in out["nodes"]} - set(object_info) - FRONTEND_ONLY
+    assert missing <= _allowed_missing(name, report, object_info), sorted(missing)
+    nodes = by_id(out)
+    pending_inputs = {i.name for t in data.TARGETS.values() for i in t.inputs if i.pending}
+    for node in out["nodes"]:
+        if node["type"] in OURS and node["type"] in object_info:
+            names = {n for n, *_ in ordered_inputs(object_info[node["type"]])}
+            extra = {s["name"] for s in node["inputs"]} - names
+            assert extra <= pending_inputs, f"node {node['id']} ({node['type']}): unknown inputs {extra}"
+    for link_id, origin, slot, target, target_slot, type_ in out["links"]:
+        a, b = nodes[origin], nodes[target]
+        if a["type"] in OURS and a["type"] in object_info:
+            assert object_info[a["type"]]["output"][slot] == type_, f"link {link_id} leaves as {type_}"
+        if b["type"] in OURS and b["type"] in object_info:
+            input_name = b["inputs"][target_slot]["name"]
+            types = {n: t for n, t, *_ in ordered_inputs(object_info[b["type"]])}
+            assert types.get(input_name, type_) == type_, f"link {link_id} ({type_}) into {input_name}"
+    if not report.needs:  # every value of our nodes is one this version takes (the examples' own core nodes
+        from test_workflows import _check_node  # may be from older host versions: not ours to check)
+        for node in out["nodes"]:
+            if node["type"] in OURS:
+                _check_node(name, node, object_info[node["type"]])
+
+
+@needs_host
+@pytest.mark.parametrize("name", RUN)
+def test_converted_example_runs_to_an_image(name, server, object_info):
+    from host_server import run_prompt
+    from test_workflows import TEST_SIZE, shrink
+    from PIL import Image
+    out, report = converted(name)
+    assert not report.needs and not report.kept
+    prompt = shrink(to_api(out, object_info))
+    for node in prompt.values():  # the examples' own file names, as the stand-ins are named
+        if node["class_type"] == "CheckpointLoaderSimple":
+            assert node["inputs"]["ckpt_name"] == RUN_CHECKPOINT
+    result = run_prompt(server["port"], prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000]
+    saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    assert saves
+    for key in saves:
+        image = result["outputs"][key]["images"][0]
+        with Image.open(server["base"] / "output" / image.get("subfolder", "") / image["filename"]) as img:
+            assert img.size == (TEST_SIZE, TEST_SIZE)
