@@ -334,7 +334,6 @@ needs_host = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 # Examples that use only core nodes and ours once converted, run here on stand-in files (ipadapter_cosxl_edit
 # also does, but needs an InstructPix2Pix-style SDXL edit checkpoint, which has no stand-in here).
 RUN = ["ipadapter_simple", "ipadapter_weighted_embeds"]
-RUN_IMAGES = ["warrior_woman.png", "anime_illustration.png"]
 RUN_CHECKPOINT = "sd15/realisticVisionV51_v51VAE.safetensors"
 
 
@@ -351,7 +350,9 @@ def server(model_files, tmp_path_factory):
     (base / "models/checkpoints" / RUN_CHECKPOINT).symlink_to(model_files["sd15"])
     (base / "models/clip_vision/encoder.safetensors").symlink_to(model_files["vit_h"])
     write_random_adapter(base / "models/ipadapter/adapter.safetensors", "ip-adapter-plus_sd15")
-    for seed, name in enumerate(RUN_IMAGES):
+    images = {v for name in NAMES for n in load(name)["nodes"] if n["type"] == "LoadImage"
+              for v in n["widgets_values"][:1]}  # every example's reference images: the front-end shows them
+    for seed, name in enumerate(sorted(images)):
         workflow_files._image(seed)(base / "input" / name, model_files)
     (base / "user" / "default").mkdir(parents=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
@@ -422,3 +423,59 @@ def test_converted_example_runs_to_an_image(name, server, object_info):
         image = result["outputs"][key]["images"][0]
         with Image.open(server["base"] / "output" / image.get("subfolder", "") / image["filename"]) as img:
             assert img.size == (TEST_SIZE, TEST_SIZE)
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    import playwright.sync_api as playwright
+    from test_workflows import CHROMIUM, CHROMIUM_FLAGS
+    with playwright.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+            headless=True, viewport={"width": 2200, "height": 1200})
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+            page.goto(server["url"])
+            page.wait_for_function("window.app && window.app.graph && window.LiteGraph && Object.keys("
+                                   "LiteGraph.registered_node_types).includes('LoadIPAdapterByPreset')",
+                                   timeout=120_000)
+            page.wait_for_timeout(2000)
+            page.errors = errors
+            yield page
+        finally:
+            context.close()
+
+
+def _browser_skip():
+    from test_workflows import NO_BROWSER_REASON
+    return NO_BROWSER_REASON
+
+
+@needs_host
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_example_loads_in_the_front_end(name, page, object_info):
+    reason = _browser_skip()
+    if reason:
+        pytest.skip(reason)
+    from test_workflows import LOAD_JS, MISSING_DIALOG, PROMPT_JS
+    out, report = converted(name)
+    page.errors.clear()
+    loaded = page.evaluate(LOAD_JS, [out, f"{name}.json"])
+    page.wait_for_timeout(300)
+    dialog = page.get_by_text(MISSING_DIALOG).count() > 0
+    if dialog:
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(200)
+    allowed = _allowed_missing(name, report, object_info)
+    assert set(loaded["missing"]) <= allowed, f"missing node types: {sorted(set(loaded['missing']) - allowed)}"
+    assert loaded["inGraph"] == len(out["nodes"])
+    if not loaded["missing"]:
+        assert not dialog and page.errors == [], page.errors
+        if name in RUN:  # the front-end's API graph is the one the run test queues
+            frontend = json.loads(page.evaluate(PROMPT_JS))
+            ours = {k: v for k, v in to_api(out, object_info).items()}
+            strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa
+            assert strip(frontend) == ours
