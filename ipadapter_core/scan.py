@@ -38,7 +38,7 @@ class Need:
     download: str
 
 
-# preset -> UNet family -> what it loads; a family missing: the preset has no file for it (docs/formats.md#presets).
+# preset -> UNet family -> what it loads; a family missing: no file of it (docs/formats.md#presets-by-contents).
 PRESETS: dict[str, dict[str, Need]] = {
     "light": {"sd15": Need("base", VIT_H, "ip-adapter_sd15_light_v11.bin")},
     "standard": {"sd15": Need("base", VIT_H, "ip-adapter_sd15.safetensors"),

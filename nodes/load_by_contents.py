@@ -30,7 +30,10 @@ class LoadIPAdapterByPreset(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, preset=None, ipadapter_name=None):
-        return verdict(*([] if preset is None else [lambda: choice("preset", preset, PRESETS)]))
+        checks = [] if preset is None else [lambda: choice("preset", preset, PRESETS)]
+        if ipadapter_name not in (None, AUTO):
+            checks.append(lambda: files.check_adapter_name(ipadapter_name))
+        return verdict(*checks)
 
     @classmethod
     def fingerprint_inputs(cls, model, preset, ipadapter_name=AUTO):

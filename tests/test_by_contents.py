@@ -262,6 +262,12 @@ def test_node_says_what_it_found_when_a_preset_has_no_files(world):
     assert "encoder.safetensors → OpenCLIP ViT-H/14" in result.error
     refused = _run(world, world["sd15"], "medium")
     assert not refused.valid and "preset: 'medium' is not one of the options" in refused.message
+    unknown = _run(world, world["sd15"], "plus", ipadapter_name="gone.safetensors")
+    assert not unknown.valid and "'gone.safetensors' is not in models/ipadapter" in unknown.message
+    wrong = _run(world, world["sd15"], "plus", ipadapter_name="file2.safetensors")
+    assert "'file2.safetensors' is SD1.5 base adapter (OpenCLIP ViT-bigG/14)" in wrong.error
+    picked = _run(world, world["sd15"], "plus", ipadapter_name="file0.safetensors")
+    assert picked.error is None and picked.outputs["1"].name == "file0.safetensors"
 
 
 @needs_host

@@ -108,6 +108,11 @@ def test_incumbent_block_numbers_cover_every_block_of_our_layer_table(ext):
     for family, blocks in data.INCUMBENT_BLOCKS.items():
         ours = {f"{n} {i}" if n != "middle" else "middle" for n, i, _ in (s.key for s in layouts[family])}
         assert set(blocks) == ours and len(blocks) == len(ours), family
+        order = {"input": 0, "middle": 1, "output": 2}
+        assert blocks == sorted(blocks, key=lambda b: (order[b.split()[0]], int(b.split()[-1]) if " " in b else 0))
+    # the incumbent's own tables: SDXL style 6, composition 3; SD1.5 composition 4 (x0.25) and 5
+    sdxl, sd15 = data.INCUMBENT_BLOCKS["sdxl"], data.INCUMBENT_BLOCKS["sd15"]
+    assert (sdxl[6], sdxl[3], sd15[4], sd15[5]) == ("output 1", "input 8", "input 7", "input 8")
 
 
 # ------------------------------------------------------------------------------------------------ the examples
@@ -479,3 +484,15 @@ def test_converted_example_loads_in_the_front_end(name, page, object_info):
             ours = {k: v for k, v in to_api(out, object_info).items()}
             strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa
             assert strip(frontend) == ours
+
+
+def test_readme_table_gives_each_incumbent_node_its_fate():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Moving from IPAdapter_plus"):]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", section, re.MULTILINE)
+    assert sorted(name for name, _ in rows) == sorted(INCUMBENT_IDS)
+    for name, fate in rows:
+        assert ("not converted" in fate) == (data.RULES[name].target is None), name
+        target = data.RULES[name].target
+        assert target is None or name == "PrepImageForClipVision" or f"`{target}`" in fate or "the same" in fate \
+            or fate.startswith("as `"), name
