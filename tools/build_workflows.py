@@ -325,6 +325,28 @@ Model files:
 ], extra_links=[("loadprompt", "IMAGE_PROMPT", "apply", "image_prompt")])
 
 
+def by_contents_graph():
+    """Load IP-Adapter (by contents) in place of Load IP-Adapter + Load CLIP Vision: the files found by contents."""
+    nodes, links = base_graph(SD15, PLUS15, 0.8, "best quality, a portrait", "blurry, low quality", 512, f"""## Files found by their contents
+
+**Load IP-Adapter (by contents)** finds the adapter of the `plus` preset for this SD1.5 model in `models/ipadapter`
+and its CLIP vision encoder in `models/clip_vision` by reading the files' keys and shapes: any file names work.
+If nothing fits, its message lists every file with what it is.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/ipadapter/: an SD1.5 plus adapter, e.g. " + PLUS15,
+          "models/clip_vision/: the OpenCLIP ViT-H/14 encoder, e.g. " + VITH)}
+""", "ipadapter/by_contents")
+    nodes = [n for n in nodes if n["id"] not in ("ipadapter", "clipvision")]
+    nodes.insert(2, dict(id="loader", type="LoadIPAdapterByPreset", col=1, widgets={"preset": "plus"}))
+    links = [l for l in links if l[0] not in ("ipadapter", "clipvision") and l[2:] != ("apply", "model")]
+    links += [("ckpt", "MODEL", "loader", "model"), ("loader", 0, "apply", "model"),
+              ("loader", 1, "apply", "ipadapter"), ("loader", 2, "encode", "clip_vision")]
+    return nodes, links
+
+
+WORKFLOWS["by_contents"] = by_contents_graph()
+
 JS = """(spec) => {
   app.graph.clear();
   const made = {}, tops = {};
