@@ -28,8 +28,8 @@ EXAMPLES = REPO / "tests" / "incumbent_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 MIRROR = Path("/work/.mirror/cubiq+ComfyUI_IPAdapter_plus/repo")
 # The incumbent's NODE_CLASS_MAPPINGS at 9d076a3 (2025-02-26), written out.
-INCUMBENT_IDS = """IPAdapter IPAdapterAdvanced IPAdapterBatch IPAdapterFaceID IPAdapterFaceIDKolors IPAAdapterFaceIDBatch
-IPAdapterTiled IPAdapterTiledBatch IPAdapterEmbeds IPAdapterEmbedsBatch IPAdapterStyleComposition
+INCUMBENT_IDS = """IPAdapter IPAdapterAdvanced IPAdapterBatch IPAdapterFaceID IPAdapterFaceIDKolors
+IPAAdapterFaceIDBatch IPAdapterTiled IPAdapterTiledBatch IPAdapterEmbeds IPAdapterEmbedsBatch IPAdapterStyleComposition
 IPAdapterStyleCompositionBatch IPAdapterMS IPAdapterClipVisionEnhancer IPAdapterClipVisionEnhancerBatch
 IPAdapterFromParams IPAdapterPreciseStyleTransfer IPAdapterPreciseStyleTransferBatch IPAdapterPreciseComposition
 IPAdapterPreciseCompositionBatch IPAdapterUnifiedLoader IPAdapterUnifiedLoaderFaceID IPAdapterModelLoader
@@ -256,6 +256,29 @@ def test_what_has_no_equivalent_is_kept_and_reported():
     assert all("IPADAPTER_PARAMS" in e["why"] for e in report.kept)
     assert _node(out, "IPAdapterFromParams")["widgets_values"] == _node(load("ipadapter_regional_conditioning"),
                                                                         "IPAdapterFromParams")["widgets_values"]
+
+
+@pytest.mark.parametrize("name", ["image_variation", "style_transfer", "by_contents"])
+def test_a_graph_without_incumbent_nodes_is_left_as_it_is(name):
+    ours = json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    out, report = convert(ours)
+    assert out == ours and not report.converted and not report.kept
+
+
+def test_converting_twice_changes_nothing_more():
+    once, _ = converted("ipadapter_weights")
+    twice, report = convert(once)
+    assert twice == once and not report.converted
+
+
+def test_links_written_as_objects_stay_objects():
+    source = load("ipadapter_simple")
+    fields = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    source["links"] = [dict(zip(fields, link)) for link in source["links"]]
+    out, _ = convert(source)
+    assert all(isinstance(link, dict) and set(link) == set(fields) for link in out["links"])
+    as_arrays = dict(out, links=[[link[f] for f in fields] for link in out["links"]])
+    assert as_arrays == converted("ipadapter_simple")[0]
 
 
 # ------------------------------------------------------------------------------------------------ API format

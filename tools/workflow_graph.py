@@ -27,8 +27,9 @@ class UIGraph:
         self.w = workflow
         self.nodes = {node["id"]: node for node in workflow["nodes"]}
         self.links = {}
+        self.link_objects = any(isinstance(link, dict) for link in workflow["links"])
         for link in workflow["links"]:
-            if isinstance(link, dict):  # some front-end versions write objects; written back as arrays
+            if isinstance(link, dict):  # some front-end versions write objects; written back the same way
                 link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
                         link["type"]]
             self.links[link[0]] = link
@@ -148,6 +149,9 @@ class UIGraph:
 
     def finish(self) -> dict:
         self.w["links"] = [self.links[k] for k in sorted(self.links)]
+        if self.link_objects:
+            fields = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+            self.w["links"] = [dict(zip(fields, link)) for link in self.w["links"]]
         self.w["last_node_id"] = max([self.w.get("last_node_id", 0), *self.nodes], default=0)
         self.w["last_link_id"] = max([self.w.get("last_link_id", 0), *self.links], default=0)
         return self.w
