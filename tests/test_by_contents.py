@@ -276,3 +276,18 @@ def test_preset_options_are_the_agreed_names(ext):
     options = info["input"]["required"]["preset"][1]["options"]
     assert options == ["light", "standard", "vit-G", "plus", "plus face", "full face", "faceid", "faceid plus",
                        "faceid plus v2", "faceid portrait"]
+
+
+@needs_host
+def test_a_file_added_or_written_again_changes_the_fingerprint(world, ext):
+    node = ext.nodes.NODE_CLASS_MAPPINGS["LoadIPAdapterByPreset"]
+    before = node.fingerprint_inputs(world["sd15"], "plus")
+    assert node.fingerprint_inputs(world["sd15"], "plus") == before
+    path = world["root"] / "ipadapter" / "new.safetensors"
+    write_header_only(path, adapter_shapes(official_state_dict("ip-adapter-full-face_sd15")))
+    added = node.fingerprint_inputs(world["sd15"], "plus")
+    assert added != before
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert node.fingerprint_inputs(world["sd15"], "plus") != added
+    path.unlink()
