@@ -282,6 +282,16 @@ def test_links_written_as_objects_stay_objects():
     assert as_arrays == converted("ipadapter_simple")[0]
 
 
+def test_a_loader_preset_without_equivalent_keeps_the_loader():
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+             "2": {"class_type": "IPAdapterUnifiedLoaderCommunity", "inputs": {"model": ["1", 0], "preset": "Kolors"}},
+             "3": {"class_type": "IPAdapterUnifiedLoaderCommunity", "inputs": {"model": ["1", 0],
+                                                                              "preset": "Composition"}}}
+    out, report = convert(graph)
+    assert out["2"] == graph["2"] and report.kept[0]["why"].startswith("preset 'Kolors': Kolors")
+    assert out["3"]["class_type"] == "LoadIPAdapterByPreset" and out["3"]["inputs"]["preset"] == "plus"
+
+
 # ------------------------------------------------------------------------------------------------ API format
 
 def _api_graph():

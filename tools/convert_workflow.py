@@ -162,6 +162,11 @@ class Converter:
         node = self.g.nodes[nid]
         values = {name: default for name, default in rule.widgets}
         values.update(self.g.widget_values(nid, [name for name, _ in rule.widgets]))
+        lost = [n for n in rule.essential if rule.values[n].get(values[n], values[n]) is None]
+        if lost:
+            why = data.NO_PRESET.get(values[lost[0]], "no equivalent")
+            self.report.kept.append({"node": nid, "type": type_, "why": f"{lost[0]} '{values[lost[0]]}': {why}"})
+            return
         in_links = {s["name"]: s["link"] for s in node.get("inputs") or [] if s.get("link") in self.g.links}
         out_links = self.g.outgoing(nid)
         entry = {"node": nid, "from": type_, "to": [[nid, rule.target]], "notes": []}

@@ -110,6 +110,8 @@ UNIFIED_PRESETS = {
     "FACEID PORTRAIT (style transfer)": "faceid portrait", "FACEID PORTRAIT UNNORM - SDXL only (strong)": None,
     "Composition": "plus", "Kolors": None,
 }
+NO_PRESET = {"FACEID PORTRAIT UNNORM - SDXL only (strong)": "the unnormalised portrait adapter is not supported",
+             "Kolors": "Kolors (ChatGLM text encoder) models are not supported: only SD1.5 and SDXL UNets"}
 COMBINE = {"concat": "concat", "add": "add", "subtract": "subtract", "average": "average",
            "norm average": "norm average", "max": "max", "min": "min"}
 SCALING = {v: v for v in ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")}
@@ -157,6 +159,7 @@ class Rule:
     outputs: dict = field(default_factory=lambda: {0: ("main", 0)})
     drop: dict = field(default_factory=dict)
     combine: str = ""  # the incumbent widget whose value, unless concat, adds a Combine Image Prompts
+    essential: tuple = ()  # widgets whose value, when it has no equivalent, leaves the node as it is
 
 
 _APPLY_TO = {"model": ("main", "model"), "ipadapter": ("main", "ipadapter"), "attn_mask": ("main", "attn_mask"),
@@ -257,12 +260,12 @@ RULES: dict[str, Rule] = {
     "IPAdapterUnifiedLoader": Rule(
         "LoadIPAdapterByPreset", widgets=(("preset", "STANDARD (medium strength)"),),
         to={"model": ("main", "model"), "preset": ("main", "preset")}, values={"preset": UNIFIED_PRESETS},
-        outputs={0: ("main", 0), 1: ("main", 1)},
+        outputs={0: ("main", 0), 1: ("main", 1)}, essential=("preset",),
         drop={"ipadapter": "the incumbent's pipe only shared loaded files; the host caches them"}),
     "IPAdapterUnifiedLoaderFaceID": Rule(
         "LoadIPAdapterByPreset", widgets=(("preset", "FACEID"), ("lora_strength", 0.6), ("provider", "CPU")),
         to={"model": ("main", "model"), "preset": ("main", "preset")}, values={"preset": UNIFIED_PRESETS},
-        outputs={0: ("main", 0), 1: ("main", 1)},
+        outputs={0: ("main", 0), 1: ("main", 1)}, essential=("preset",),
         drop={"ipadapter": "the incumbent's pipe only shared loaded files; the host caches them",
               "provider": "Load Face Analysis runs on the host's device"}),
     "IPAdapterModelLoader": Rule("LoadIPAdapter", widgets=(("ipadapter_file", None),),
@@ -274,7 +277,7 @@ RULES: dict[str, Rule] = {
     "IPAdapterUnifiedLoaderCommunity": Rule(
         "LoadIPAdapterByPreset", widgets=(("preset", "Composition"),),
         to={"model": ("main", "model"), "preset": ("main", "preset")}, values={"preset": UNIFIED_PRESETS},
-        outputs={0: ("main", 0), 1: ("main", 1)},
+        outputs={0: ("main", 0), 1: ("main", 1)}, essential=("preset",),
         drop={"ipadapter": "the incumbent's pipe only shared loaded files; the host caches them"}),
     # ---- helpers
     "IPAdapterEncoder": Rule(
