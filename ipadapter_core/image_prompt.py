@@ -46,7 +46,17 @@ class ImagePrompt:
             return self.embeds, self.uncond_embeds
         return self.hidden, self.uncond_hidden
 
+    def adapter_features(self, spec: AdapterSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) in the form the adapter's projection reads."""
+        self.check_fits(spec)
+        return self.features(spec.feature)
+
     def check_fits(self, spec: AdapterSpec) -> None:
+        if spec.is_faceid:
+            raise EncoderMismatchError(
+                f"this {spec.describe} reads a face embedding, but it got a CLIP image prompt (Encode Image "
+                "Prompt): use Load Face Analysis -> Encode Face Prompt for it, or a CLIP IP-Adapter (Load "
+                "IP-Adapter) for this image prompt")
         cond, _ = self.features(spec.feature)
         if cond.shape[-1] != spec.encoder_width:
             raise EncoderMismatchError(
