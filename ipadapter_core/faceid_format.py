@@ -71,7 +71,8 @@ def _mlp_spec(image_proj: Mapping) -> dict:
     hidden, embed = _shape(image_proj, "proj.0.weight")
     cross_dim = _shape(image_proj, "norm.weight")[0]
     rows = _shape(image_proj, "proj.2.weight")[0]
-    if embed != FACE_EMBED_WIDTH or _shape(image_proj, "proj.2.weight")[1] != hidden or rows % cross_dim:
+    if (embed != FACE_EMBED_WIDTH or hidden != 2 * embed or _shape(image_proj, "proj.2.weight")[1] != hidden
+            or rows % cross_dim):
         raise AdapterFileError(f"FaceID projection: proj.0 {(hidden, embed)}, proj.2 "
                                f"{_shape(image_proj, 'proj.2.weight')} and norm ({cross_dim},) do not fit a "
                                f"{FACE_EMBED_WIDTH}-wide face embedding; the file is damaged")
