@@ -75,3 +75,18 @@ FACEID_FILES = {
 
 def faceid_state_dict(stem):
     return FACEID_FILES[stem][0]()
+
+
+def write_random_faceid(path, stem, seed=0, lora_scale=0.002):
+    """``stem``'s layout at real size as a fp16 ``.safetensors`` file with random values (norm weights 1, a small
+    LoRA so that the random model stays finite)."""
+    import safetensors.torch
+    g = torch.Generator().manual_seed(seed)
+    flat = {}
+    for part, tensors in faceid_state_dict(stem).items():
+        for key, meta in tensors.items():
+            norm = key.endswith("weight") and len(meta.shape) == 1
+            scale = lora_scale if "_lora." in key else 0.02
+            value = torch.ones(meta.shape) if norm else torch.randn(meta.shape, generator=g) * scale
+            flat[f"{part}.{key}"] = value.half()
+    safetensors.torch.save_file(flat, str(path))
