@@ -86,6 +86,9 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     prompts = list(prompts)
     if not prompts:
         raise InputError("no image prompts to combine: connect image_prompt")
+    if not all(isinstance(p, ImagePrompt) for p in prompts):
+        raise InputError("image_prompt: face prompts (Encode Face Prompt) cannot be combined here: give all the "
+                         "face images to one Encode Face Prompt (their faces are used together)")
     shapes = {(p.embeds.shape[1:], p.hidden.shape[1:]) for p in prompts}
     if len(shapes) != 1:
         raise EncoderMismatchError("image prompts encoded with different CLIP vision models cannot be combined ("
@@ -123,6 +126,9 @@ PROMPT_FORMAT = "ipadapter_image_prompt"
 
 def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
     """The tensors of a prompt file (contiguous CPU copies, dtype kept)."""
+    if not isinstance(prompt, ImagePrompt):
+        raise InputError("image_prompt: a face prompt (Encode Face Prompt) cannot be saved as an image prompt file; "
+                         "encode the faces again where they are used")
     return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in _FIELDS}
 
 
