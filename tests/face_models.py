@@ -73,10 +73,39 @@ def _save(graph, path):
     onnx.save(model, str(path))
 
 
-def write_detector(path, det_size):
+def _conv_stack(source, layers, seed):
+    """Conv + ReLU layers on ``source`` with random weights (the benchmark's compute-matched stand-ins), reduced to
+    one number times 0: nodes, initializers and the name of that zero."""
+    from onnx import helper, numpy_helper
+    g = np.random.default_rng(seed)
+    nodes, inits, x = [], [], source
+    for i, (out_ch, in_ch, stride) in enumerate(layers):
+        w = (g.standard_normal((out_ch, in_ch, 3, 3)) / np.sqrt(9 * in_ch)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"conv{i}"))
+        nodes += [helper.make_node("Conv", [x, f"conv{i}"], [f"c{i}"], strides=[stride, stride], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    inits.append(numpy_helper.from_array(np.zeros((), np.float32), "nothing"))
+    nodes += [helper.make_node("ReduceMean", [x], ["heavy"], keepdims=0),
+              helper.make_node("Mul", ["heavy", "nothing"], ["heavy0"])]
+    return nodes, inits, "heavy0"
+
+
+# Conv stacks of about the real models' cost: SCRFD-10G ~10 GFLOPs at 640 px (this one 12.4), IResNet-50 ~6.3
+# GFLOPs at 112 px (this one 6.1). Multiply-adds counted twice.
+DETECTOR_COMPUTE = ((32, 3, 2), (64, 32, 2), (128, 64, 1), (128, 128, 1))
+RECOGNIZER_COMPUTE = ((64, 3, 1), (128, 64, 2), (256, 128, 1), (256, 256, 1))
+
+
+def write_detector(path, det_size, compute=False):
     from onnx import TensorProto, helper, numpy_helper
     names = ["448", "471", "494", "451", "474", "497", "454", "477", "500"]  # det_10g's output names
-    nodes = [helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=0),
+    heavy, inits, zero = _conv_stack("input.1", DETECTOR_COMPUTE, 1) if compute else ([], [], None)
+    mean = "mean0" if compute else "mean"
+    nodes = heavy + [helper.make_node("ReduceMean", ["input.1"], [mean], keepdims=0)]
+    if compute:
+        nodes.append(helper.make_node("Add", [mean, zero], ["mean"]))
+    nodes += [
              helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.zeros((), np.float32))),
              helper.make_node("Greater", ["mean", "zero"], ["bright"]),
              helper.make_node("Cast", ["bright"], ["gate"], to=TensorProto.FLOAT)]
@@ -86,7 +115,7 @@ def write_detector(path, det_size):
         nodes.append(helper.make_node("Mul", [f"c{name}", "gate"], [name]))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
     graph = helper.make_graph(nodes, "scrfd_stand_in", [helper.make_tensor_value_info(
-        "input.1", TensorProto.FLOAT, [1, 3, det_size, det_size])], outputs)
+        "input.1", TensorProto.FLOAT, [1, 3, det_size, det_size])], outputs, initializer=inits)
     _save(graph, path)
 
 
@@ -95,18 +124,22 @@ def recognizer_weights(seed=0):
     return (g.standard_normal((147, 512)) * 0.3).astype(np.float32), (g.standard_normal(512) * 0.1).astype(np.float32)
 
 
-def write_recognizer(path, seed=0):
+def write_recognizer(path, seed=0, compute=False):
     from onnx import TensorProto, helper, numpy_helper
     weight, bias = recognizer_weights(seed)
-    nodes = [helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
-             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "W"], ["proj"]),
-             helper.make_node("Add", ["proj", "b"], ["683"])]
+    heavy, inits, zero = _conv_stack("input.1", RECOGNIZER_COMPUTE, 2) if compute else ([], [], None)
+    nodes = heavy + [
+        helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["proj"]),
+        helper.make_node("Add", ["proj", "b"], ["683" if not compute else "light"])]
+    if compute:
+        nodes.append(helper.make_node("Add", ["light", zero], ["683"]))
     graph = helper.make_graph(
         nodes, "arcface_stand_in",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])],
-        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")])
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b"), *inits])
     _save(graph, path)
 
 
@@ -119,9 +152,10 @@ def recognizer_reference(crop, seed=0):
     return pooled.transpose(2, 0, 1).reshape(-1) @ weight + bias  # (512,)
 
 
-def write_pack(folder, det_size=160):
-    """models/insightface/models/<pack>/ with the two stand-in files (and nothing the loaders must skip)."""
+def write_pack(folder, det_size=160, compute=False):
+    """models/insightface/models/<pack>/ with the two stand-in files; ``compute``: with conv stacks of about the
+    real models' cost added (the benchmark)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_detector(folder / "det_10g.onnx", det_size)
-    write_recognizer(folder / "w600k_r50.onnx")
+    write_detector(folder / "det_10g.onnx", det_size, compute)
+    write_recognizer(folder / "w600k_r50.onnx", compute=compute)
     return folder
