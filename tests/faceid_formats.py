@@ -78,8 +78,11 @@ def faceid_state_dict(stem):
 
 
 def write_random_faceid(path, stem, seed=0, lora_scale=0.002):
-    """``stem``'s layout at real size as a fp16 ``.safetensors`` file with random values (norm weights 1, a small
-    LoRA so that the random model stays finite)."""
+    """``stem``'s layout at real size as a fp16 ``.safetensors`` file (or, for a ``.bin`` path, the reference's
+    ``torch.save`` layout) with random values (norm weights 1, a small LoRA so that the random model stays
+    finite)."""
+    from pathlib import Path
+
     import safetensors.torch
     g = torch.Generator().manual_seed(seed)
     flat = {}
@@ -89,4 +92,9 @@ def write_random_faceid(path, stem, seed=0, lora_scale=0.002):
             scale = lora_scale if "_lora." in key else 0.02
             value = torch.ones(meta.shape) if norm else torch.randn(meta.shape, generator=g) * scale
             flat[f"{part}.{key}"] = value.half()
-    safetensors.torch.save_file(flat, str(path))
+    if Path(path).suffix == ".bin":
+        nested = {part: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(part + ".")}
+                  for part in ("image_proj", "ip_adapter")}
+        torch.save(nested, str(path))
+    else:
+        safetensors.torch.save_file(flat, str(path))
