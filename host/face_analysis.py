@@ -100,9 +100,10 @@ class OnnxFaceRunner:
             elif list(inputs[0].shape[-2:]) == [112, 112] and outputs[0].shape[-1] == 512 and not self.recognizer:
                 self.recognizer = session  # ArcFace
         if self.detector is None or self.recognizer is None:
-            raise InputError(f"model_pack '{os.path.basename(path)}' lacks "
-                             f"{'a face detector with landmarks (SCRFD, e.g. det_10g.onnx)' if self.detector is None else 'an ArcFace recognizer (112 x 112 -> 512, e.g. w600k_r50.onnx)'}: "
-                             "put the whole pack (buffalo_l or antelopev2) in its folder")
+            lacks = ("a face detector with landmarks (SCRFD, e.g. det_10g.onnx)" if self.detector is None
+                     else "an ArcFace recognizer (112 x 112 -> 512, e.g. w600k_r50.onnx)")
+            raise InputError(f"model_pack '{os.path.basename(path)}' lacks {lacks}: put the whole pack (buffalo_l "
+                             "or antelopev2) in its folder")
 
     def faces(self, image: torch.Tensor, det_size: int) -> list[DetectedFace]:
         blob, scale = face_align.letterbox(image, det_size)
