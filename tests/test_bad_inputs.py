@@ -47,6 +47,7 @@ def _adapter_files(folder, widths):
                                 str(folder / "clip_vision_file.safetensors"))
     from tiny_faceid import tiny_faceid
     _write(folder / "faceid.safetensors", tiny_faceid("faceid", widths, 1))
+    _write(folder / "faceid_plus.safetensors", tiny_faceid("plus", widths, 2))
     with open(folder / "code.bin", "wb") as f:
         pickle.dump({"image_proj": _Payload(), "ip_adapter": {}}, f)
     wide = {"image_proj": {"proj.weight": torch.randn(8 * CTX, EMBED) * 0.1, "proj.bias": torch.zeros(8 * CTX),
@@ -95,9 +96,10 @@ def world(ext, tmp_path_factory):
     other_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "other_model.safetensors"))
     from tiny_faceid import face_prompt
     faceid = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid.safetensors"))
+    faceid_plus = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid_plus.safetensors"), "plus v2")
     yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt,
-               other_prompt=other, root=root, runner=graph_runner, faceid=faceid,
-               face_prompt=face_prompt(ext, 1, seed=2))
+               other_prompt=other, root=root, runner=graph_runner, faceid=faceid, faceid_plus=faceid_plus,
+               face_prompt=face_prompt(ext, 1, seed=2), face_prompt_crops=face_prompt(ext, 1, seed=3, crops=True))
     folder_paths.set_input_directory(saved_input)
 
 
@@ -296,6 +298,10 @@ CASES = [
          _apply, "execution", ("other_model.safetensors", "cross-attention width", "Use an IP-Adapter for this model")),
     Case("a FaceID adapter with a CLIP image prompt", lambda w: _faceid_apply(w, image_prompt=(
         "IMAGE_PROMPT", w["prompt"])), _faceid_apply, "execution", ("got a CLIP image prompt", "Encode Face Prompt")),
+    Case("FaceID Plus with a face prompt without crops", lambda w: _faceid_apply(
+        w, ipadapter=("IPADAPTER", w["faceid_plus"])), lambda w: _faceid_apply(
+        w, ipadapter=("IPADAPTER", w["faceid_plus"]), image_prompt=("IMAGE_PROMPT", w["face_prompt_crops"])),
+         "execution", ("FaceID plus v2", "connect Load CLIP Vision", "Encode Face Prompt's clip_vision")),
     Case("a CLIP adapter with a face prompt", lambda w: _apply(w, image_prompt=("IMAGE_PROMPT", w["face_prompt"])),
          _apply, "execution", ("got a face prompt", "Encode Image Prompt")),
     Case("lora_strength NaN", lambda w: _faceid_apply(w, lora_strength=NAN), _faceid_apply, "validation",
