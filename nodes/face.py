@@ -1,5 +1,6 @@
 """Load Face Analysis and Encode Face Prompt: reference images -> a face prompt for the FaceID adapters."""
 from ..host import face_analysis, face_prompt
+from ..ipadapter_core import choice
 from ..ipadapter_core.face_align import FACE_CHOICES
 from .sockets import CATEGORY, FaceAnalysis, ImagePrompt, io, verdict
 
@@ -61,7 +62,7 @@ class EncodeFacePrompt(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, face=None):
-        return verdict(*([] if face is None else [lambda: face_prompt.choice("face", face, FACE_CHOICES)]))
+        return verdict(*([] if face is None else [lambda: choice("face", face, FACE_CHOICES)]))
 
     @classmethod
     def execute(cls, face_analysis, image, clip_vision=None, face="largest", face_index=0, max_faces=1):
