@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from conftest import HOST, NO_HOST_REASON
-from test_faceid_parity import _pair, _save_and_load, host_eps_with_weights, merge_lora
+from test_faceid_parity import _PAIRS, _pair, _save_and_load, host_eps_with_weights, merge_lora
 from tiny_adapters import CTX, SIGMA, random_prompt, rel_err, save_and_load, tiny_adapter, tiny_inputs
 from tiny_faceid import face_prompt, tiny_faceid
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_pairs():
+    yield
+    _PAIRS.clear()
 
 
 def test_faceid_stacked_with_a_plus_adapter_equals_diffusers(host, ext, tmp_path):

@@ -30,6 +30,13 @@ SDXL_CASES = ("faceid", "plus v2")
 _PAIRS = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_pairs():
+    """The models go with the module (held to interpreter exit, the host's patcher fails in __del__)."""
+    yield
+    _PAIRS.clear()
+
+
 def _pair(layout):
     from parity_models import build_pair
     if layout not in _PAIRS:
