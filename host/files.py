@@ -36,11 +36,17 @@ class LoadedAdapter:
         return self.model.spec
 
 
-def load_adapter(path: str) -> LoadedAdapter:
-    """A weight file (a path, checked and strictly loaded) -> the IPADAPTER value; host ops for manual casting."""
-    state_dict, spec = load_adapter_file(path)
-    model = IPAdapterModel.from_state_dict(state_dict, operations=comfy.ops.manual_cast)
+def load_adapter(path: str, faceid_variant: str = "auto") -> LoadedAdapter:
+    """A weight file (a path, checked and strictly loaded) -> the IPADAPTER value; host ops for manual casting.
+    ``faceid_variant`` decides what a FaceID file's contents cannot (docs/faceid.md#formats)."""
+    state_dict, spec = load_adapter_file(path, faceid_variant)
+    model = IPAdapterModel.from_state_dict(state_dict, operations=comfy.ops.manual_cast,
+                                           faceid_variant=faceid_variant)
     log.info("IP-Adapter %s: %s", os.path.basename(path), spec.describe)
+    if spec.kind == "faceid_plus" and faceid_variant == "auto":
+        log.info("%s: FaceID Plus and Plus v2 files have the same contents; run as Plus (the reference's "
+                 "default). For ip-adapter-faceid-plusv2 files set Load IP-Adapter's faceid_variant to 'plus v2'",
+                 os.path.basename(path))
     return LoadedAdapter(os.path.basename(path), model)
 
 
@@ -52,9 +58,9 @@ def check_adapter_name(name: str) -> None:
                          "there, or pick one of the list")
 
 
-def load_named_adapter(name: str) -> LoadedAdapter:
+def load_named_adapter(name: str, faceid_variant: str = "auto") -> LoadedAdapter:
     """A file listed in ``models/ipadapter`` (the loader node's widget value)."""
-    return load_adapter(folder_paths.get_full_path_or_raise(FOLDER, name))
+    return load_adapter(folder_paths.get_full_path_or_raise(FOLDER, name), faceid_variant)
 
 
 def saved_image_prompts() -> list[str]:

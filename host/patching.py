@@ -8,6 +8,7 @@ from ..ipadapter_core import (IPAttentionPatch, LAYOUTS, ImagePrompt, InputError
                               curve_values, finite_number, finite_tensors, layer_weights)
 from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE
 from ..ipadapter_core.schedules import FrameWeights, check_frame_weights
+from .faceid_lora import add_faceid_lora
 from .unet import ATTENTION, check_model_fits
 
 CURVE_POINTS = 33
@@ -42,6 +43,8 @@ class ApplyOptions:
     attn_mask: torch.Tensor | None = None  # MASK (M, H, W) or (H, W): one per frame, or one for all
     unfold_batch: bool = False
     frame_weights: FrameWeights | None = None  # a multiplier of the weight per frame
+    lora_strength: float = 1.0  # FaceID: the file's embedded LoRA (ignored for files without one)
+    shortcut_weight: float = 1.0  # FaceID Plus v2: the shortcut's weight (the reference's s_scale)
 
 
 def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: float, options: ApplyOptions):
@@ -50,6 +53,8 @@ def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: fl
     finite_number("start_at", start_at, *FRACTION_RANGE)
     finite_number("end_at", end_at, *FRACTION_RANGE)
     finite_number("composition_weight", options.composition_weight, *WEIGHT_RANGE)
+    finite_number("lora_strength", options.lora_strength, *WEIGHT_RANGE)
+    finite_number("shortcut_weight", options.shortcut_weight, *WEIGHT_RANGE)
     if start_at > end_at:
         raise InputError(f"start_at {start_at} is after end_at {end_at}: swap them (weight 0 turns the adapter off)")
     if options.attn_mask is not None:
@@ -62,11 +67,13 @@ def check_inputs(prompt: ImagePrompt, weight: float, start_at: float, end_at: fl
 
 def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_at: float, end_at: float,
                      options: ApplyOptions = ApplyOptions()):
-    """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before)."""
+    """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before), and
+    a FaceID file's embedded LoRA on its weights."""
     check_inputs(prompt, weight, start_at, end_at, options)
     check_model_fits(model, adapter)
     prompt.check_fits(adapter.spec)
     patched = model.clone()
+    add_faceid_lora(patched, adapter, options.lora_strength)
     weights = layer_weights(adapter.spec.family, options.layer_preset, weight,
                             composition_weight=options.composition_weight, custom=options.custom_layer_weights)
     if not weights or start_at >= end_at:
@@ -77,7 +84,7 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
         adapter.model, prompt, weight, sigma_range(model, start_at, end_at), options.unfold_batch,
         layer_weights=weights, schedule=weight_schedule(model, options.weight_curve, start_at, end_at),
         mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]),
-        frame_weights=frame_weights)
+        frame_weights=frame_weights, shortcut_weight=options.shortcut_weight)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for site in LAYOUTS[adapter.spec.family]:
         if site.n not in branches:

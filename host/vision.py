@@ -47,6 +47,11 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
     return embeds, hidden
 
 
+def encode_hidden(clip_vision, image: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Penultimate hidden states (n, P, W) of square images (n, S, S, 3), ``batch_size`` at a time."""
+    return _encode(clip_vision, image, comfy.utils.ProgressBar(image.shape[0]), "center crop", batch_size)[1]
+
+
 def check_inputs(clip_vision, image, negative_image, fit: str, batch_size: int) -> None:
     """Refused before any encoding: no encoder, empty or NaN/Inf images, unknown fit, batch size out of range."""
     if clip_vision is None or not hasattr(clip_vision, "encode_image"):

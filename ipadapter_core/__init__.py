@@ -6,6 +6,8 @@ from .adapter import IPAdapterModel, IPLayer, build_projection
 from .attention import Branch, IPAttentionPatch, branches_from_tokens, build_branches, sdpa_attention
 from .checks import (check_filename_prefix, check_images, check_mask, choice, finite_number, finite_tensors,
                      number_list, whole_number)
+from .face_prompt import FacePrompt
+from .faceid_format import FACEID_VARIANTS
 from .errors import (AdapterFileError, EncoderMismatchError, InputError, IPAdapterError, ModelMismatchError,
                      UnsupportedAdapterError)
 from .image_ops import FIT_MODES, NOISE_KINDS, noise_image, square_images
@@ -18,7 +20,8 @@ from .weights import (atomic_write, load_adapter_file, load_image_prompt, read_a
                       save_image_prompt)
 
 __all__ = [
-    "AdapterFileError", "AdapterSpec", "atomic_write", "Branch", "branches_from_tokens", "build_branches",
+    "AdapterFileError", "AdapterSpec", "FACEID_VARIANTS", "FacePrompt", "atomic_write", "Branch",
+    "branches_from_tokens", "build_branches",
     "build_projection", "check_custom_weights", "check_filename_prefix", "check_frame_weights", "check_images",
     "check_mask", "choice", "COMBINE_METHODS", "combine_prompts", "crossfade", "CROSSFADE_METHODS", "curve_values",
     "CURVES", "detect_spec", "EncoderMismatchError", "FAMILY_CONTEXT_DIM", "family_for_layers", "FAMILY_NAMES",

@@ -14,7 +14,6 @@ from einops import rearrange
 
 from .adapter import IPAdapterModel
 from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask  # noqa: F401
-from .image_prompt import ImagePrompt
 
 
 def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):
@@ -57,40 +56,62 @@ class Branch:
                        projection=projection)
 
 
-def project_tokens(adapter: IPAdapterModel, features: torch.Tensor, out: torch.Tensor | None = None,
-                   chunk: int = 8) -> torch.Tensor:
-    """Image features (n, ...) -> tokens (n, N, C) fp32, ``chunk`` images at a time into ``out`` (or a new
-    tensor): working memory stays that of one chunk, whatever the number of frames."""
+def _rows(features, start: int, stop: int | None = None):
+    """Rows ``start:stop`` of a feature tensor, or of each tensor of a tuple of them (FaceID Plus)."""
+    if isinstance(features, tuple):
+        return tuple(t[start:stop] for t in features)
+    return features[start:stop]
+
+
+def _count(features) -> int:
+    return (features[0] if isinstance(features, tuple) else features).shape[0]
+
+
+def _fresh(features, device):
+    """Fresh, aligned fp32 copies on ``device``: the same bits for a view, a loaded file's mapping or a copy."""
+    if isinstance(features, tuple):
+        return tuple(_fresh(t, device) for t in features)
+    return features.to(device=device, dtype=torch.float32, copy=True, memory_format=torch.contiguous_format)
+
+
+def project_tokens(adapter: IPAdapterModel, features, out: torch.Tensor | None = None,
+                   chunk: int = 8, shortcut_weight: float = 1.0) -> torch.Tensor:
+    """Image features (n, ...) (or a tuple of them, FaceID Plus) -> tokens (n, N, C) fp32, ``chunk`` images at a
+    time into ``out`` (or a new tensor): working memory stays that of one chunk, whatever the number of frames."""
     param = next(adapter.parameters())
-    for i in range(0, features.shape[0], chunk):
-        part = features[i:i + chunk].to(device=param.device, dtype=torch.float32, copy=True,
-                                        memory_format=torch.contiguous_format)  # fresh and aligned: the same
-        part = adapter.image_tokens(part)  # bits for a view, a loaded file's mapping or a copy of the features
+    count = _count(features)
+    for i in range(0, count, chunk):
+        part = adapter.image_tokens(_fresh(_rows(features, i, i + chunk), param.device), shortcut_weight)
         if out is None:
-            out = part.new_empty((features.shape[0], *part.shape[1:]))
+            out = part.new_empty((count, *part.shape[1:]))
         out[i:i + part.shape[0]] = part
     return out
 
 
-def _one_row(t: torch.Tensor, chunk: int = 16) -> bool:
-    """Every row of ``t`` is the same (a broadcast view, as the default negative is, or equal values: a loaded
-    prompt's), compared ``chunk`` rows at a time."""
+def _one_row(t, chunk: int = 16) -> bool:
+    """Every row of ``t`` (of each tensor of a tuple) is the same (a broadcast view, as the default negative is, or
+    equal values: a loaded prompt's), compared ``chunk`` rows at a time."""
+    if isinstance(t, tuple):
+        return all(_one_row(part, chunk) for part in t)
     if t.shape[0] == 1 or t.stride(0) == 0:
         return True
     return all(torch.equal(t[i:i + chunk], t[:1].expand_as(t[i:i + chunk])) for i in range(1, t.shape[0], chunk))
 
 
-def prompt_tokens(adapter: IPAdapterModel, prompt: ImagePrompt, unfold: bool) -> tuple[torch.Tensor, int]:
+def prompt_tokens(adapter: IPAdapterModel, prompt, unfold: bool, shortcut_weight: float = 1.0
+                  ) -> tuple[torch.Tensor, int]:
     """(tokens (P + Pu, N', C), P): cond sets then uncond sets. Without ``unfold``: P = Pu = 1, the images' tokens
-    concatenated (N' = n*N); with it: one set per image, Pu = 1 when every image has the same negative."""
-    cond, uncond = prompt.features(adapter.spec.feature)
-    n = cond.shape[0]
+    concatenated (N' = n*N); with it: one set per image, Pu = 1 when every image has the same negative.
+    ``prompt``: an ImagePrompt or a FacePrompt (one set per face)."""
+    cond, uncond = prompt.adapter_features(adapter.spec)
+    n = _count(cond)
     shared = _one_row(uncond)
-    first = project_tokens(adapter, cond[:1])
+    project = dict(shortcut_weight=shortcut_weight)
+    first = project_tokens(adapter, _rows(cond, 0, 1), **project)
     tokens = first.new_empty((n + (1 if shared else n), *first.shape[1:]))  # (P + Pu, N, C)
     tokens[:1] = first
-    project_tokens(adapter, cond[1:], tokens[1:n])
-    project_tokens(adapter, uncond[:1] if shared else uncond, tokens[n:])
+    project_tokens(adapter, _rows(cond, 1), tokens[1:n], **project)
+    project_tokens(adapter, _rows(uncond, 0, 1) if shared else uncond, tokens[n:], **project)
     if unfold:
         return tokens, n
     cond_tokens = rearrange(tokens[:n], "i n c -> 1 (i n) c")
@@ -99,20 +120,22 @@ def prompt_tokens(adapter: IPAdapterModel, prompt: ImagePrompt, unfold: bool) ->
 
 
 @torch.no_grad()
-def build_branches(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float,
+def build_branches(adapter: IPAdapterModel, prompt, weight: float,
                    sigma_range: tuple[float, float] | None = None, unfold: bool = False, *,
                    layer_weights: Mapping[int, float] | None = None,
                    schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   mask: torch.Tensor | None = None, frame_weights=None) -> dict[int, Branch]:
+                   mask: torch.Tensor | None = None, frame_weights=None,
+                   shortcut_weight: float = 1.0) -> dict[int, Branch]:
     """The branches of every layer the adapter acts on (``layer_weights``: {N: weight}, default ``weight`` on
     every layer; layers left out get none). The images are projected to tokens once, here.
 
     Several reference images: their tokens are concatenated (one longer image prompt), or with ``unfold`` image i
     conditions frame i. One token set for all rows: its K'/V' are computed here, once. One set per frame: only the
     tokens are kept (``FrameData``, shared by the layers), and each call projects the sets of its own rows.
-    ``mask`` (M, H, W) and ``frame_weights`` (F,) are per frame as well (M or F = 1: every frame)."""
+    ``mask`` (M, H, W) and ``frame_weights`` (F,) are per frame as well (M or F = 1: every frame).
+    ``shortcut_weight``: FaceID Plus v2's shortcut (ignored by other adapters)."""
     prompt.check_fits(adapter.spec)
-    tokens, cond_sets = prompt_tokens(adapter, prompt, unfold)
+    tokens, cond_sets = prompt_tokens(adapter, prompt, unfold, shortcut_weight)
     weights = {n: weight for n, _ in adapter.spec.layers} if layer_weights is None else dict(layer_weights)
     per_frame = cond_sets > 1
     frames = None
@@ -123,7 +146,7 @@ def build_branches(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float,
     if per_frame:
         branches = {int(n): Branch(None, None, None, None, weight, sigma_range,
                                    projection=(layer.to_k_ip.weight, layer.to_v_ip.weight))
-                    for n, layer in adapter.ip_adapter.items() if int(n) in weights}
+                    for n, layer in adapter.ip_adapter.items() if layer.has_ip and int(n) in weights}
     else:
         branches = branches_from_tokens(adapter, tokens[:1], tokens[1:], weight, sigma_range, layers=weights)
     return {n: replace(b, weight=weights[n], schedule=schedule, frames=frames) for n, b in branches.items()}

@@ -46,7 +46,17 @@ class ImagePrompt:
             return self.embeds, self.uncond_embeds
         return self.hidden, self.uncond_hidden
 
+    def adapter_features(self, spec: AdapterSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) in the form the adapter's projection reads."""
+        self.check_fits(spec)
+        return self.features(spec.feature)
+
     def check_fits(self, spec: AdapterSpec) -> None:
+        if spec.is_faceid:
+            raise EncoderMismatchError(
+                f"this {spec.describe} reads a face embedding, but it got a CLIP image prompt (Encode Image "
+                "Prompt): use Load Face Analysis -> Encode Face Prompt for it, or a CLIP IP-Adapter (Load "
+                "IP-Adapter) for this image prompt")
         cond, _ = self.features(spec.feature)
         if cond.shape[-1] != spec.encoder_width:
             raise EncoderMismatchError(
@@ -76,6 +86,9 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     prompts = list(prompts)
     if not prompts:
         raise InputError("no image prompts to combine: connect image_prompt")
+    if not all(isinstance(p, ImagePrompt) for p in prompts):
+        raise InputError("image_prompt: face prompts (Encode Face Prompt) cannot be combined here: give all the "
+                         "face images to one Encode Face Prompt (their faces are used together)")
     shapes = {(p.embeds.shape[1:], p.hidden.shape[1:]) for p in prompts}
     if len(shapes) != 1:
         raise EncoderMismatchError("image prompts encoded with different CLIP vision models cannot be combined ("
@@ -113,6 +126,9 @@ PROMPT_FORMAT = "ipadapter_image_prompt"
 
 def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
     """The tensors of a prompt file (contiguous CPU copies, dtype kept)."""
+    if not isinstance(prompt, ImagePrompt):
+        raise InputError("image_prompt: a face prompt (Encode Face Prompt) cannot be saved as an image prompt file; "
+                         "encode the faces again where they are used")
     return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in _FIELDS}
 
 

@@ -102,3 +102,61 @@ class Resampler(nn.Module):
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
         return self.norm_out(self.proj_out(latents))  # (B, N, C)
+
+
+class FaceIDProjModel(nn.Module):
+    """FaceID / Portrait: an MLP from the 512-d face embedding, (B, 512) -> (B, N, C) (docs/faceid.md#projections).
+
+    ``proj``: Linear(512 -> 1024), GELU, Linear(1024 -> N*C); then LayerNorm(C) per token."""
+
+    def __init__(self, *, embed_dim: int, hidden_dim: int, cross_attention_dim: int, tokens: int, operations=nn):
+        super().__init__()
+        self.tokens = tokens
+        self.proj = nn.Sequential(operations.Linear(embed_dim, hidden_dim), nn.GELU(),
+                                  operations.Linear(hidden_dim, tokens * cross_attention_dim))
+        self.norm = operations.LayerNorm(cross_attention_dim)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.proj(face), "b (n c) -> b n c", n=self.tokens)  # (B, N, C)
+        return self.norm(x)
+
+
+class FacePerceiverResampler(nn.Module):
+    """FaceID Plus: the face tokens (B, N, C) are the latents; they attend to the projected CLIP hidden states."""
+
+    def __init__(self, *, dim: int, depth: int, dim_head: int = 64, heads: int, embedding_dim: int,
+                 output_dim: int, ff_mult: int = 4, operations=nn):
+        super().__init__()
+        self.proj_in = operations.Linear(embedding_dim, dim)
+        self.proj_out = operations.Linear(dim, output_dim)
+        self.norm_out = operations.LayerNorm(output_dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads, operations=operations),
+                           _feed_forward(dim, ff_mult, operations)])
+            for _ in range(depth))
+
+    def forward(self, latents: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.proj_in(hidden)  # (B, P, D)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm_out(self.proj_out(latents))  # (B, N, C)
+
+
+class FaceIDPlusProjModel(FaceIDProjModel):
+    """FaceID Plus / Plus v2: the FaceID MLP's tokens refined by the face crop's CLIP hidden states. Plus v2 adds
+    the shortcut ``tokens + shortcut_weight * resampled`` (the reference's ``shortcut=True, scale=s_scale``)."""
+
+    def __init__(self, *, embed_dim: int, hidden_dim: int, cross_attention_dim: int, tokens: int, clip_width: int,
+                 depth: int, heads: int, ff_mult: int, operations=nn):
+        super().__init__(embed_dim=embed_dim, hidden_dim=hidden_dim, cross_attention_dim=cross_attention_dim,
+                         tokens=tokens, operations=operations)
+        self.perceiver_resampler = FacePerceiverResampler(
+            dim=cross_attention_dim, depth=depth, heads=heads, embedding_dim=clip_width,
+            output_dim=cross_attention_dim, ff_mult=ff_mult, operations=operations)
+
+    def forward(self, face: torch.Tensor, hidden: torch.Tensor, shortcut_weight: float | None = None
+                ) -> torch.Tensor:
+        x = super().forward(face)  # (B, N, C)
+        out = self.perceiver_resampler(x, hidden)  # (B, N, C)
+        return out if shortcut_weight is None else x + shortcut_weight * out

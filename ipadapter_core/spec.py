@@ -6,7 +6,8 @@ from typing import Mapping
 
 import torch
 
-from .errors import AdapterFileError, UnsupportedAdapterError
+from .errors import AdapterFileError
+from .faceid_format import FACEID_VARIANTS, faceid_projection_spec, is_faceid, is_lora_key, lora_layers
 from .layers import FAMILY_NAMES, family_for_layers
 
 # Image encoders IP-Adapters are trained on, by the width of what they feed the projection.
@@ -23,9 +24,12 @@ _FULL_FACE_KEYS = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias
 class AdapterSpec:
     """Everything needed to build the modules of an adapter file and check what it can be used with.
 
-    kind: "base" (Linear + LayerNorm; also light and vit-G), "plus" (Perceiver resampler; also plus-face) or
-    "full_face" (MLP over every encoder token). feature: which encoder output the projection reads, "pooled" or
-    "hidden". tokens: image tokens per reference image. encoder_width: width of that feature.
+    kind: "base" (Linear + LayerNorm; also light and vit-G), "plus" (Perceiver resampler; also plus-face),
+    "full_face" (MLP over every encoder token), or the FaceID family (docs/faceid.md#formats): "faceid" (MLP over
+    the face embedding; FaceID and Portrait), "faceid_plus" (that MLP + a face resampler over the face crop's CLIP
+    hidden states) or "faceid_resampler" (a Perceiver resampler over the face embedding: Portrait unnorm).
+    feature: which encoder output the projection reads, "pooled", "hidden" or "face". tokens: image tokens per
+    reference image (per face). encoder_width: width of that feature (512 for a face embedding).
     """
     kind: str
     feature: str
@@ -38,9 +42,23 @@ class AdapterSpec:
     resampler_depth: int = 0
     resampler_heads: int = 0
     resampler_ff_mult: int = 0
+    variant: str = ""  # FaceID only: "faceid", "plus", "plus v2", "portrait", "portrait unnorm"
+    clip_width: int = 0  # faceid_plus: the hidden width of the CLIP encoder it reads the face crop with
+    lora_rank: int = 0  # FaceID files with an embedded LoRA: its rank; 0 without
+    lora_layers: tuple[int, ...] = ()  # the attention numbers N (self- and cross-attention) the LoRA patches
+
+    @property
+    def is_faceid(self) -> bool:
+        return self.feature == "face"
 
     @property
     def encoder(self) -> str:
+        if self.is_faceid:
+            face = "a face prompt (Encode Face Prompt)"
+            if not self.clip_width:
+                return face
+            clip = ENCODERS_BY_HIDDEN_WIDTH.get(self.clip_width, f"a CLIP vision model of width {self.clip_width}")
+            return f"{face} with {clip}"
         names = ENCODERS_BY_POOLED_WIDTH if self.feature == "pooled" else ENCODERS_BY_HIDDEN_WIDTH
         return names.get(self.encoder_width, f"a CLIP vision model with {self.feature} width {self.encoder_width}")
 
@@ -50,7 +68,8 @@ class AdapterSpec:
 
     @property
     def describe(self) -> str:
-        return f"{self.family_name} {self.kind.replace('_', '-')} IP-Adapter (needs {self.encoder})"
+        kind = f"FaceID {self.variant}" if self.is_faceid else self.kind.replace('_', '-')
+        return f"{self.family_name} {kind} IP-Adapter (needs {self.encoder})"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -59,18 +78,12 @@ class AdapterSpec:
     def from_json(cls, text: str) -> "AdapterSpec":
         data = json.loads(text)
         data["layers"] = tuple(tuple(pair) for pair in data["layers"])
+        data["lora_layers"] = tuple(data.get("lora_layers", ()))
         return cls(**data)
 
 
 def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
     return tuple(sd[key].shape)
-
-
-def _is_faceid(image_proj: Mapping, ip_layers: Mapping) -> bool:
-    has_lora = any("_lora." in key for key in ip_layers)
-    has_face_resampler = any(key.startswith("perceiver_resampler.") for key in image_proj)
-    return has_lora or has_face_resampler or ({"proj.0.weight", "norm.weight"} <= set(image_proj)
-                                              and "proj.3.weight" not in image_proj)
 
 
 def _projection_spec(image_proj: Mapping) -> dict:
@@ -104,6 +117,8 @@ def _layer_widths(ip_layers: Mapping, cross_dim: int) -> tuple[tuple[int, int], 
     """(N, inner width) for every layer; both to_k_ip and to_v_ip present, shaped [inner, cross_dim]."""
     found: dict[int, dict[str, tuple]] = {}
     for key in ip_layers:
+        if is_lora_key(key):
+            continue  # FaceID's embedded LoRA: faceid_format.lora_layers
         match = _LAYER_KEY.match(key)
         if match is None:
             raise AdapterFileError(f"unexpected key 'ip_adapter.{key}': an IP-Adapter file has only "
@@ -133,19 +148,25 @@ def _check_dtypes(image_proj: Mapping, ip_layers: Mapping) -> None:
                                        "(fp32, fp16 or bf16); the file is damaged or not an IP-Adapter")
 
 
-def detect_spec(state_dict: Mapping) -> AdapterSpec:
+def detect_spec(state_dict: Mapping, faceid_variant: str = "auto") -> AdapterSpec:
     """Read an adapter's spec from ``{"image_proj": {...}, "ip_adapter": {...}}`` (tensors or anything with
-    ``.shape``, meta tensors included). Raises AdapterFileError / UnsupportedAdapterError with the fix."""
+    ``.shape``, meta tensors included). ``faceid_variant`` decides what a FaceID file's contents cannot
+    (faceid_format.py). Raises AdapterFileError with the fix."""
     if not isinstance(state_dict, Mapping) or not {"image_proj", "ip_adapter"} <= set(state_dict):
         raise AdapterFileError("not an IP-Adapter: expected the two parts 'image_proj' and 'ip_adapter' "
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
     _check_dtypes(image_proj, ip_layers)
-    if _is_faceid(image_proj, ip_layers):
-        raise UnsupportedAdapterError(
-            "this is an IP-Adapter FaceID file: it needs an insightface face embedding, not a CLIP image "
-            "embedding, and is not supported yet. Use ip-adapter-plus-face or full-face for faces.")
-    proj = _projection_spec(image_proj)
+    if faceid_variant not in FACEID_VARIANTS:
+        raise AdapterFileError(f"faceid_variant {faceid_variant!r} is not one of {', '.join(FACEID_VARIANTS)}")
+    faceid = is_faceid(image_proj, ip_layers)
+    if faceid:
+        proj = faceid_projection_spec(image_proj, ip_layers, faceid_variant)
+    elif faceid_variant != "auto":
+        raise AdapterFileError(f"faceid_variant '{faceid_variant}' is for FaceID files; this is not one: set "
+                               "faceid_variant to 'auto'")
+    else:
+        proj = _projection_spec(image_proj)
     layers = _layer_widths(ip_layers, proj["cross_attention_dim"])
     family = family_for_layers(n for n, _ in layers)
     if family is None:
@@ -154,4 +175,10 @@ def detect_spec(state_dict: Mapping) -> AdapterSpec:
             f"the file has {len(layers)} cross-attention layers ({numbers[:4]}...); an SD1.5 adapter has 16 "
             "(1, 3, ..., 31) and an SDXL adapter 70 (1, 3, ..., 139): the file is incomplete or for another "
             "model")
+    if faceid:
+        rank, lora = lora_layers(ip_layers, dict(layers), proj["cross_attention_dim"])
+        if lora and set(lora) != set(range(2 * len(layers))):
+            raise AdapterFileError(f"the FaceID LoRA covers {len(lora)} attention layers; a complete one has "
+                                   f"{2 * len(layers)} (0 ... {2 * len(layers) - 1}): the file is incomplete")
+        proj.update(lora_rank=rank, lora_layers=lora)
     return AdapterSpec(family=family, layers=layers, **proj)

@@ -77,11 +77,13 @@ def read_adapter_file(path) -> dict[str, dict[str, torch.Tensor]]:
     return nest(data)
 
 
-def load_adapter_file(path) -> tuple[dict[str, dict[str, torch.Tensor]], AdapterSpec]:
-    """Read and check a file: the state dict and its spec, or an error that names the problem and the fix."""
+def load_adapter_file(path, faceid_variant: str = "auto"
+                      ) -> tuple[dict[str, dict[str, torch.Tensor]], AdapterSpec]:
+    """Read and check a file: the state dict and its spec, or an error that names the problem and the fix.
+    ``faceid_variant``: what a FaceID file's contents cannot say (faceid_format.py)."""
     state_dict = read_adapter_file(path)
     try:
-        spec = detect_spec(state_dict)
+        spec = detect_spec(state_dict, faceid_variant)
     except AdapterFileError as exc:
         raise type(exc)(f"'{Path(path).name}': {exc}") from exc
     finite_tensors(f"'{Path(path).name}'", ((f"{part}.{key}", value) for part in PARTS

@@ -29,10 +29,25 @@ FRAME_WEIGHTS = FrameWeights.Input("frame_weights", optional=True, tooltip=(
     "in context windows; fewer entries than frames: the last repeats."))
 
 
-def _check_strength(weight=None, start_at=None, end_at=None, composition_weight=None):
+def _faceid_inputs():
+    """Appended last to both Apply nodes (optional: older graphs keep their behaviour)."""
+    low, high = WEIGHT_RANGE
+    return [
+        io.Float.Input("lora_strength", default=1.0, min=low, max=high, step=0.05, optional=True, tooltip=(
+            "FaceID files: the strength of the LoRA inside the file (on every attention layer); 0 leaves the "
+            "model's weights as they are. Ignored for files without one.")),
+        io.Float.Input("shortcut_weight", default=1.0, min=low, max=high, step=0.05, optional=True, tooltip=(
+            "FaceID Plus v2 only: the weight of the face-crop branch added to the face tokens (the reference's "
+            "s_scale).")),
+    ]
+
+
+def _check_strength(weight=None, start_at=None, end_at=None, composition_weight=None, lora_strength=None,
+                    shortcut_weight=None):
     """The numbers' checks (a linked input is None here and checked at apply time)."""
     numbers = (("weight", weight, WEIGHT_RANGE), ("start_at", start_at, FRACTION_RANGE),
-               ("end_at", end_at, FRACTION_RANGE), ("composition_weight", composition_weight, WEIGHT_RANGE))
+               ("end_at", end_at, FRACTION_RANGE), ("composition_weight", composition_weight, WEIGHT_RANGE),
+               ("lora_strength", lora_strength, WEIGHT_RANGE), ("shortcut_weight", shortcut_weight, WEIGHT_RANGE))
     return [lambda n=n, v=v, r=r: finite_number(n, v, *r) for n, v, r in numbers if v is not None]
 
 
@@ -43,15 +58,18 @@ class ApplyIPAdapter(io.ComfyNode):
             node_id="ApplyIPAdapter", display_name="Apply IP-Adapter", category=CATEGORY,
             description="Adds the image prompt to every cross-attention layer through the adapter's decoupled "
                         "branch: out = Attn(Q, K, V) + weight * Attn(Q, K', V'). Chain several to stack adapters.",
-            inputs=[*_common_inputs(), MASK], outputs=[io.Model.Output(tooltip=PATCHED)])
+            inputs=[*_common_inputs(), MASK, *_faceid_inputs()], outputs=[io.Model.Output(tooltip=PATCHED)])
 
     @classmethod
-    def validate_inputs(cls, weight=None, start_at=None, end_at=None):
-        return verdict(*_check_strength(weight, start_at, end_at))
+    def validate_inputs(cls, weight=None, start_at=None, end_at=None, lora_strength=None, shortcut_weight=None):
+        return verdict(*_check_strength(weight, start_at, end_at, lora_strength=lora_strength,
+                                        shortcut_weight=shortcut_weight))
 
     @classmethod
-    def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, attn_mask=None):
-        options = patching.ApplyOptions(attn_mask=attn_mask)
+    def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, attn_mask=None, lora_strength=1.0,
+                shortcut_weight=1.0):
+        options = patching.ApplyOptions(attn_mask=attn_mask, lora_strength=lora_strength,
+                                        shortcut_weight=shortcut_weight)
         return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
                                                        options))
 
@@ -82,13 +100,14 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                     "windows; fewer images than frames: the last repeats); off: every latent sees every image.")),
                 MASK,
                 FRAME_WEIGHTS,
+                *_faceid_inputs(),
             ],
             outputs=[io.Model.Output(tooltip=PATCHED)])
 
     @classmethod
     def validate_inputs(cls, weight=None, start_at=None, end_at=None, composition_weight=None, layer_weights=None,
-                        custom_layer_weights=None, weight_curve=None):
-        checks = _check_strength(weight, start_at, end_at, composition_weight)
+                        custom_layer_weights=None, weight_curve=None, lora_strength=None, shortcut_weight=None):
+        checks = _check_strength(weight, start_at, end_at, composition_weight, lora_strength, shortcut_weight)
         if layer_weights is not None:  # the host does not check V3 options itself
             checks.append(lambda: choice("layer_weights", layer_weights, LAYER_PRESETS))
         if weight_curve is not None:
@@ -99,9 +118,11 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, layer_weights, composition_weight,
-                custom_layer_weights, weight_curve, unfold_batch, attn_mask=None, frame_weights=None):
+                custom_layer_weights, weight_curve, unfold_batch, attn_mask=None, frame_weights=None,
+                lora_strength=1.0, shortcut_weight=1.0):
         options = patching.ApplyOptions(layer_preset=layer_weights, composition_weight=composition_weight,
                                         custom_layer_weights=custom_layer_weights, weight_curve=weight_curve,
-                                        attn_mask=attn_mask, unfold_batch=unfold_batch, frame_weights=frame_weights)
+                                        attn_mask=attn_mask, unfold_batch=unfold_batch, frame_weights=frame_weights,
+                                        lora_strength=lora_strength, shortcut_weight=shortcut_weight)
         return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
                                                        options))

@@ -11,6 +11,7 @@ from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE  # noqa: F401  
 CATEGORY = "ipadapter"
 IPAdapter = io.Custom("IPADAPTER")  # host.files.LoadedAdapter
 ImagePrompt = io.Custom("IMAGE_PROMPT")  # ipadapter_core.ImagePrompt
+FaceAnalysis = io.Custom("FACE_ANALYSIS")  # host.face_analysis.FaceAnalysis
 FrameWeights = io.Custom("IPADAPTER_FRAME_WEIGHTS")  # ipadapter_core.schedules.FrameWeights: a weight per frame
 
 

@@ -51,17 +51,6 @@ def full_face_proj(cross_dim, hidden=1280, device="meta"):
             "proj.3.weight": _t(cross_dim, device=device), "proj.3.bias": _t(cross_dim, device=device)}
 
 
-def faceid(cross_dim=768, widths=SD15_WIDTHS):
-    proj = {"proj.0.weight": _t(1024, 512), "proj.0.bias": _t(1024), "proj.2.weight": _t(4 * cross_dim, 1024),
-            "proj.2.bias": _t(4 * cross_dim), "norm.weight": _t(cross_dim), "norm.bias": _t(cross_dim)}
-    layers = ip_layers(widths, cross_dim)
-    for i, width in enumerate(widths):
-        for name in ("q", "k", "v", "out"):
-            layers[f"{2 * i + 1}.to_{name}_lora.down.weight"] = _t(128, width)
-            layers[f"{2 * i + 1}.to_{name}_lora.up.weight"] = _t(width, 128)
-    return {"image_proj": proj, "ip_adapter": layers}
-
-
 # file stem -> (state dict maker, expected kind, tokens, family, encoder name)
 OFFICIAL = {
     "ip-adapter_sd15": (lambda: base_proj(1024, 768), SD15_WIDTHS, 768, "base", 4, "sd15", "ViT-H/14"),

@@ -45,11 +45,9 @@ def _adapter_files(folder, widths):
     (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     safetensors.torch.save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(4, 3, 2, 2)},
                                 str(folder / "clip_vision_file.safetensors"))
-    faceid = {"image_proj": {"proj.0.weight": torch.zeros(64, 512), "proj.0.bias": torch.zeros(64),
-                             "proj.2.weight": torch.zeros(4 * CTX, 64), "proj.2.bias": torch.zeros(4 * CTX),
-                             "norm.weight": torch.ones(CTX), "norm.bias": torch.zeros(CTX)},
-              "ip_adapter": good["ip_adapter"]}
-    _write(folder / "faceid.safetensors", faceid)
+    from tiny_faceid import tiny_faceid
+    _write(folder / "faceid.safetensors", tiny_faceid("faceid", widths, 1))
+    _write(folder / "faceid_plus.safetensors", tiny_faceid("plus", widths, 2))
     with open(folder / "code.bin", "wb") as f:
         pickle.dump({"image_proj": _Payload(), "ip_adapter": {}}, f)
     wide = {"image_proj": {"proj.weight": torch.randn(8 * CTX, EMBED) * 0.1, "proj.bias": torch.zeros(8 * CTX),
@@ -96,8 +94,12 @@ def world(ext, tmp_path_factory):
     other = ext.ipadapter_core.ImagePrompt(other.embeds[:, :8], other.hidden[..., :40], other.uncond_embeds[:, :8],
                                            other.uncond_hidden[..., :40])  # another encoder's widths
     other_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "other_model.safetensors"))
+    from tiny_faceid import face_prompt
+    faceid = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid.safetensors"))
+    faceid_plus = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid_plus.safetensors"), "plus v2")
     yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt,
-               other_prompt=other, root=root, runner=graph_runner)
+               other_prompt=other, root=root, runner=graph_runner, faceid=faceid, faceid_plus=faceid_plus,
+               face_prompt=face_prompt(ext, 1, seed=2), face_prompt_crops=face_prompt(ext, 1, seed=3, crops=True))
     folder_paths.set_input_directory(saved_input)
 
 
@@ -141,8 +143,34 @@ def _encode(w, **over):
     return _graph(w, "EncodeImagePrompt", inputs)
 
 
-def _load(w, name):
-    return _graph(w, "LoadIPAdapter", {"ipadapter_name": name})
+def _load(w, name, **over):
+    return _graph(w, "LoadIPAdapter", {"ipadapter_name": name, **over})
+
+
+class _NoFaces:
+    """A face analysis that finds no face in any image."""
+
+    def faces(self, image):
+        return []
+
+
+class _OneFace(_NoFaces):
+    def faces(self, image):
+        from ipadapter_suite.host.face_analysis import DetectedFace
+        points = torch.tensor([[10.0, 12], [22, 12], [16, 18], [11, 24], [21, 24]])
+        return [DetectedFace(torch.tensor([5.0, 5, 27, 29]), 0.9, points, torch.randn(512))]
+
+
+def _encode_face(w, **over):
+    inputs = {"face_analysis": ("FACE_ANALYSIS", _OneFace()), "image": ("IMAGE", torch.rand(2, 32, 32, 3)),
+              "face": "largest", "face_index": 0, "max_faces": 1}
+    inputs.update(over)
+    return _graph(w, "EncodeFacePrompt", inputs)
+
+
+def _faceid_apply(w, **over):
+    inputs = {"ipadapter": ("IPADAPTER", w["faceid"]), "image_prompt": ("IMAGE_PROMPT", w["face_prompt"]), **over}
+    return _apply(w, **inputs)
 
 
 def _combine(w, method="weighted average", weights="1, 1, 1, 1", second=None):
@@ -217,8 +245,13 @@ CASES = [
          lambda w: _load(w, "good.safetensors"), "execution", ("truncated.safetensors", "truncated", "again")),
     Case("a CLIP vision file as adapter", lambda w: _load(w, "clip_vision_file.safetensors"),
          lambda w: _load(w, "good.safetensors"), "execution", ("not an IP-Adapter", "CLIP vision")),
-    Case("a FaceID file", lambda w: _load(w, "faceid.safetensors"),
-         lambda w: _load(w, "good.safetensors"), "execution", ("FaceID", "not supported")),
+    Case("a faceid_variant the file contradicts", lambda w: _load(w, "faceid.safetensors", faceid_variant="plus v2"),
+         lambda w: _load(w, "faceid.safetensors", faceid_variant="auto"), "execution",
+         ("faceid_variant 'plus v2'", "a FaceID file", "set faceid_variant to 'auto'")),
+    Case("a faceid_variant for a CLIP adapter", lambda w: _load(w, "good.safetensors", faceid_variant="portrait"),
+         lambda w: _load(w, "good.safetensors"), "execution", ("for FaceID files", "'auto'")),
+    Case("an unknown faceid_variant", lambda w: _load(w, "faceid.safetensors", faceid_variant="v3"),
+         lambda w: _load(w, "faceid.safetensors"), "validation", ("faceid_variant", "'v3'")),
     Case("a .bin file holding code", lambda w: _load(w, "code.bin"),
          lambda w: _load(w, "good.safetensors"), "execution", ("code.bin", "holds code instead of tensors")),
     Case("an adapter name not in models/ipadapter", lambda w: _load(w, "missing.safetensors"),
@@ -263,6 +296,33 @@ CASES = [
          _apply, "execution", ("encoded with", "Load CLIP Vision", "encode the image again")),
     Case("adapter for another model", lambda w: _apply(w, ipadapter=("IPADAPTER", w["other_adapter"])),
          _apply, "execution", ("other_model.safetensors", "cross-attention width", "Use an IP-Adapter for this model")),
+    Case("a FaceID adapter with a CLIP image prompt", lambda w: _faceid_apply(w, image_prompt=(
+        "IMAGE_PROMPT", w["prompt"])), _faceid_apply, "execution", ("got a CLIP image prompt", "Encode Face Prompt")),
+    Case("FaceID Plus with a face prompt without crops", lambda w: _faceid_apply(
+        w, ipadapter=("IPADAPTER", w["faceid_plus"])), lambda w: _faceid_apply(
+        w, ipadapter=("IPADAPTER", w["faceid_plus"]), image_prompt=("IMAGE_PROMPT", w["face_prompt_crops"])),
+         "execution", ("FaceID plus v2", "connect Load CLIP Vision", "Encode Face Prompt's clip_vision")),
+    Case("a CLIP adapter with a face prompt", lambda w: _apply(w, image_prompt=("IMAGE_PROMPT", w["face_prompt"])),
+         _apply, "execution", ("got a face prompt", "Encode Image Prompt")),
+    Case("lora_strength NaN", lambda w: _faceid_apply(w, lora_strength=NAN), _faceid_apply, "validation",
+         ("lora_strength is nan", "finite")),
+    Case("shortcut_weight Inf, linked", lambda w: _faceid_apply(w, shortcut_weight=("FLOAT", INF)),
+         lambda w: _faceid_apply(w, shortcut_weight=("FLOAT", 1.5)), "execution", ("shortcut_weight is inf",)),
+    Case("lora_strength beyond its range (Advanced)", lambda w: _advanced(w, lora_strength=9.0),
+         lambda w: _advanced(w, lora_strength=0.5), "validation", ("lora_strength is 9.0", "outside")),
+    # Load Face Analysis / Encode Face Prompt
+    Case("a model pack not in models/insightface", lambda w: _graph(w, "LoadFaceAnalysis", {
+        "model_pack": "buffalo_x", "backend": "onnxruntime", "det_size": 640}), lambda w: _encode_face(w),
+         "validation", ("model_pack", "buffalo_x", "models/insightface/models/")),
+    Case("no face in any reference image", lambda w: _encode_face(w, face_analysis=("FACE_ANALYSIS", _NoFaces())),
+         _encode_face, "execution", ("no usable face in any of the 2 image(s)", "image 1: no face found")),
+    Case("a face_index beyond the faces found", lambda w: _encode_face(w, face="index", face_index=3),
+         lambda w: _encode_face(w, face="index", face_index=0), "execution", ("none at face_index 3",)),
+    Case("max_faces 0", lambda w: _encode_face(w, max_faces=0), _encode_face, "validation", ("max_faces",)),
+    Case("an unknown face choice", lambda w: _encode_face(w, face="smallest"), _encode_face, "validation",
+         ("face", "'smallest'", "pick one")),
+    Case("NaN pixels in the face image", lambda w: _encode_face(w, image=("IMAGE", torch.full((1, 32, 32, 3), NAN))),
+         _encode_face, "execution", ("image has", "NaN/Inf")),
     Case("image prompt with NaN (from a script)", lambda w: _apply(w, image_prompt=("IMAGE_PROMPT", _nan_prompt(w))),
          _apply, "execution", ("image_prompt", "NaN/Inf", "encode the images again")),
     # Apply IP-Adapter (Advanced): the layer weights text and the rest

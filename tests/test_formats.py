@@ -7,9 +7,8 @@ import safetensors.torch
 import torch
 
 from ipadapter_suite.ipadapter_core import (AdapterFileError, AdapterSpec, EncoderMismatchError, ImagePrompt,
-                                            IPAdapterModel, UnsupportedAdapterError, detect_spec, load_adapter_file,
-                                            save_adapter_file)
-from official_formats import OFFICIAL, SD15_WIDTHS, base_proj, faceid, ip_layers, official_state_dict
+                                            IPAdapterModel, detect_spec, load_adapter_file, save_adapter_file)
+from official_formats import OFFICIAL, SD15_WIDTHS, base_proj, ip_layers, official_state_dict
 
 
 @pytest.mark.parametrize("stem", sorted(OFFICIAL))
@@ -32,11 +31,6 @@ def test_parameter_counts_match_the_paper():
     assert sum(p.numel() for p in sd15.ip_adapter.parameters()) == 19_169_280
     sdxl = IPAdapterModel.from_state_dict(official_state_dict("ip-adapter_sdxl"))
     assert sum(p.numel() for p in sdxl.ip_adapter.parameters()) == 340_787_200
-
-
-def test_faceid_is_refused_with_a_reason():
-    with pytest.raises(UnsupportedAdapterError, match="FaceID.*insightface"):
-        detect_spec(faceid())
 
 
 def test_missing_layer_and_partial_layer_are_named():

@@ -12,20 +12,23 @@ pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
 # node id -> (display name, [(input, socket type, required)] in widget/socket order, output types)
 PUBLIC = {
-    "LoadIPAdapter": ("Load IP-Adapter", [("ipadapter_name", "COMBO", True)], ["IPADAPTER"]),
+    "LoadIPAdapter": ("Load IP-Adapter", [("ipadapter_name", "COMBO", True), ("faceid_variant", "COMBO", False)],
+                      ["IPADAPTER"]),
     "EncodeImagePrompt": ("Encode Image Prompt", [
         ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("negative_image", "IMAGE", False),
         ("fit", "COMBO", False), ("batch_size", "INT", False)], ["IMAGE_PROMPT"]),
     "ApplyIPAdapter": ("Apply IP-Adapter", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
-        ("attn_mask", "MASK", False)], ["MODEL"]),
+        ("attn_mask", "MASK", False), ("lora_strength", "FLOAT", False), ("shortcut_weight", "FLOAT", False)],
+        ["MODEL"]),
     "ApplyIPAdapterAdvanced": ("Apply IP-Adapter (Advanced)", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
         ("layer_weights", "COMBO", True), ("composition_weight", "FLOAT", True),
         ("custom_layer_weights", "STRING", True), ("weight_curve", "COMBO", True), ("unfold_batch", "BOOLEAN", True),
-        ("attn_mask", "MASK", False), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", False)], ["MODEL"]),
+        ("attn_mask", "MASK", False), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", False),
+        ("lora_strength", "FLOAT", False), ("shortcut_weight", "FLOAT", False)], ["MODEL"]),
     "CombineImagePrompts": ("Combine Image Prompts", [
         ("image_prompt", "IMAGE_PROMPT", True), ("method", "COMBO", True), ("weights", "STRING", True),
         ("image_prompt_2", "IMAGE_PROMPT", False), ("image_prompt_3", "IMAGE_PROMPT", False),
@@ -46,6 +49,11 @@ PUBLIC = {
     "LoadIPAdapterByPreset": ("Load IP-Adapter (by contents)", [
         ("model", "MODEL", True), ("preset", "COMBO", True), ("ipadapter_name", "COMBO", False)],
         ["MODEL", "IPADAPTER", "CLIP_VISION"]),
+    "LoadFaceAnalysis": ("Load Face Analysis", [("model_pack", "COMBO", True), ("backend", "COMBO", True),
+                                                ("det_size", "INT", True)], ["FACE_ANALYSIS"]),
+    "EncodeFacePrompt": ("Encode Face Prompt", [
+        ("face_analysis", "FACE_ANALYSIS", True), ("image", "IMAGE", True), ("clip_vision", "CLIP_VISION", False),
+        ("face", "COMBO", False), ("face_index", "INT", False), ("max_faces", "INT", False)], ["IMAGE_PROMPT"]),
 }
 
 

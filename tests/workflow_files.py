@@ -82,6 +82,34 @@ REGISTRY = {
 REGISTRY.update({f"{stem}.safetensors": ModelFile("models/ipadapter", _adapter(stem)) for stem in OFFICIAL})
 
 
+def _faceid(stem):
+    def make(path, session_files):
+        from faceid_formats import write_random_faceid
+        write_random_faceid(path, stem, seed=len(stem))
+    return make
+
+
+def _bright_image(path, session_files):
+    """A bright noise PNG: the stand-in face detector (face_models.py) finds its faces in bright images."""
+    pixels = np.random.default_rng(7).integers(150, 240, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+REGISTRY["ip-adapter-faceid-plusv2_sd15.bin"] = ModelFile("models/ipadapter",
+                                                          _faceid("ip-adapter-faceid-plusv2_sd15"))
+REGISTRY["example_face.png"] = ModelFile("input", _bright_image)
+# Load Face Analysis's model packs (folders, not file names): pack -> maker(folder).
+FACE_PACKS = {"buffalo_l": lambda folder: __import__("face_models").write_pack(folder, det_size=640)}
+
+
+def provide_face_packs(workflows, base):
+    """models/insightface/models/<pack>/ for every pack a workflow's Load Face Analysis names (stand-in ONNX files;
+    needs the onnx package)."""
+    packs = {n["widgets_values"][0] for w in workflows for n in w["nodes"] if n["type"] == "LoadFaceAnalysis"}
+    for pack in sorted(packs):
+        FACE_PACKS[pack](base / "models" / "insightface" / "models" / pack)
+
+
 def named_files(workflow):
     """The file-like strings among a UI workflow's widget values (notes excluded)."""
     names = set()

@@ -347,6 +347,65 @@ Model files:
 
 WORKFLOWS["by_contents"] = by_contents_graph()
 
+# ------------------------------------------------------------------------------------------- FaceID
+FACEID_PLUSV2 = "ip-adapter-faceid-plusv2_sd15.bin"
+FACE_PACK = "models/insightface/models/buffalo_l/ (det_10g.onnx, w600k_r50.onnx; the whole pack may stay)"
+
+
+def faceid_graph(note, prefix, text="photo of a person in a garden, best quality"):
+    """FaceID Plus v2 on SD1.5: Load Face Analysis + Encode Face Prompt (with the ViT-H/14 face crop) in place of
+    Encode Image Prompt, Load IP-Adapter with faceid_variant 'plus v2'."""
+    nodes, links = base_graph(SD15, FACEID_PLUSV2, 1.0, text, "blurry, low quality, deformed", 512, note, prefix)
+    for x in nodes:
+        if x["id"] == "encode":
+            x["type"] = "EncodeFacePrompt"
+            x["widgets"] = {"face": "largest", "face_index": 0, "max_faces": 1}
+        if x["id"] == "ipadapter":
+            x["widgets"] = {"ipadapter_name": FACEID_PLUSV2, "faceid_variant": "plus v2"}
+        if x["id"] == "apply":
+            x["widgets"] = {"weight": 1.0, "start_at": 0.0, "end_at": 1.0, "lora_strength": 1.0,
+                            "shortcut_weight": 1.0}
+        if x["id"] == "ref":
+            x["widgets"] = {"image": "example_face.png"}
+            x["title"] = "Load Image (face)"
+    nodes.append(dict(id="faceanalysis", type="LoadFaceAnalysis", col=1,
+                      widgets={"model_pack": "buffalo_l", "backend": "onnxruntime", "det_size": 640}))
+    return nodes, links + [("faceanalysis", "FACE_ANALYSIS", "encode", "face_analysis")]
+
+
+WORKFLOWS["faceid_plusv2_sd15"] = faceid_graph(f"""## FaceID Plus v2 (SD1.5)
+
+The face of the reference photo in a new picture: Load Face Analysis finds the face (onnxruntime, no
+insightface needed: `pip install -r requirements-faceid.txt`), Encode Face Prompt takes its ArcFace embedding and
+the aligned face crop through CLIP vision, Apply IP-Adapter adds the face tokens and the LoRA inside the file
+(`lora_strength`). `faceid_variant` is `plus v2`: Plus and Plus v2 files have the same contents.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + FACEID_PLUSV2, FACE_PACK)}
+""", "ipadapter/faceid_plusv2")
+
+n, l = faceid_graph(f"""## FaceID + a plus adapter for the style
+
+FaceID Plus v2 keeps the face of the first image; `ip-adapter-plus_sd15`, chained after it at 0.5, brings the
+look of the second. Two Apply nodes in a chain: both act.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + FACEID_PLUSV2,
+          "models/ipadapter/" + PLUS15, FACE_PACK)}
+""", "ipadapter/faceid_and_style", text="portrait, oil painting, best quality")
+n += [dict(id="style", type="LoadImage", col=0, widgets={"image": "example_style.png"}, title="Load Image (style)",
+           size=[320, 380]),
+      dict(id="ipadapter2", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": PLUS15}),
+      dict(id="encode2", type="EncodeImagePrompt", col=1),
+      dict(id="apply2", type="ApplyIPAdapter", col=2, widgets={"weight": 0.5, "start_at": 0.0, "end_at": 1.0},
+           title="Apply IP-Adapter (style)")]
+l = [x for x in l if not (x[2] == "sampler" and x[3] == "model")]
+l += [("style", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("apply", "MODEL", "apply2", "model"), ("ipadapter2", "IPADAPTER", "apply2", "ipadapter"),
+      ("encode2", "IMAGE_PROMPT", "apply2", "image_prompt"), ("apply2", "MODEL", "sampler", "model")]
+WORKFLOWS["faceid_and_style"] = (n, l)
+
+
 JS = """(spec) => {
   app.graph.clear();
   const made = {}, tops = {};
