@@ -40,7 +40,8 @@ def load_by_preset(model, preset: str, ipadapter_name: str = scan.AUTO):
     log.info("preset '%s': %s (%s), %s", preset, adapter_file.name, adapter_file.kind,
              encoder_file.name if encoder_file else "no CLIP vision")
     clip_vision = None if encoder_file is None else loaders.load_clip_vision(encoder_file.path)
-    return model, files.load_adapter(adapter_file.path), clip_vision
+    need = scan.preset_need(preset, unet.unet_family(model))
+    return model, files.load_adapter(adapter_file.path, need.load_as), clip_vision
 
 
 def fingerprint() -> tuple:

@@ -36,8 +36,11 @@ class Need:
     kind: str
     encoder: str | None  # None: no CLIP vision encoder needed
     download: str
+    variants: tuple[str, ...] = ()  # FaceID: the variants its contents give (spec.variant with 'auto')
+    load_as: str = "auto"  # FaceID: the faceid_variant to load it with (Plus v2: what the contents cannot say)
 
 
+PORTRAITS = ("portrait", "portrait unnorm")
 # preset -> UNet family -> what it loads; a family missing: no file of it (docs/formats.md#presets-by-contents).
 PRESETS: dict[str, dict[str, Need]] = {
     "light": {"sd15": Need("base", VIT_H, "ip-adapter_sd15_light_v11.bin")},
@@ -50,14 +53,15 @@ PRESETS: dict[str, dict[str, Need]] = {
     "plus face": {"sd15": Need("plus", VIT_H, "ip-adapter-plus-face_sd15.safetensors"),
                   "sdxl": Need("plus", VIT_H, "ip-adapter-plus-face_sdxl_vit-h.safetensors")},
     "full face": {"sd15": Need("full_face", VIT_H, "ip-adapter-full-face_sd15.safetensors")},
-    # FaceID (h94/IP-Adapter-FaceID): recognised by their contents; run once FaceID support is in.
-    "faceid": {"sd15": Need("faceid", None, "ip-adapter-faceid_sd15.bin"),
-               "sdxl": Need("faceid", None, "ip-adapter-faceid_sdxl.bin")},
-    "faceid plus": {"sd15": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plus_sd15.bin")},
-    "faceid plus v2": {"sd15": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plusv2_sd15.bin"),
-                       "sdxl": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plusv2_sdxl.bin")},
-    "faceid portrait": {"sd15": Need("faceid_portrait", None, "ip-adapter-faceid-portrait-v11_sd15.bin"),
-                        "sdxl": Need("faceid_portrait", None, "ip-adapter-faceid-portrait_sdxl.bin")},
+    # FaceID (h94/IP-Adapter-FaceID): matched by the variant their contents give; Plus and Plus v2 files are the
+    # same layout, so 'faceid plus v2' loads a Plus file as v2 (docs/faceid.md#formats).
+    "faceid": {"sd15": Need("faceid", None, "ip-adapter-faceid_sd15.bin", ("faceid",)),
+               "sdxl": Need("faceid", None, "ip-adapter-faceid_sdxl.bin", ("faceid",))},
+    "faceid plus": {"sd15": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plus_sd15.bin", ("plus",), "plus")},
+    "faceid plus v2": {"sd15": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plusv2_sd15.bin", ("plus",), "plus v2"),
+                       "sdxl": Need("faceid_plus", VIT_H, "ip-adapter-faceid-plusv2_sdxl.bin", ("plus",), "plus v2")},
+    "faceid portrait": {"sd15": Need("faceid_portrait", None, "ip-adapter-faceid-portrait-v11_sd15.bin", PORTRAITS),
+                        "sdxl": Need("faceid_portrait", None, "ip-adapter-faceid-portrait_sdxl.bin", PORTRAITS)},
 }
 # Presets whose files the contents cannot tell apart (same layout, other training data).
 LOOK_ALIKE = {"light": "standard", "standard": "light", "plus": "plus face", "plus face": "plus"}
@@ -176,14 +180,16 @@ def classify_adapter(path, name: str) -> Found:
     try:
         tensors = file_tensors(path)
         spec = detect_spec(nest(tensors))  # .bin files' nested dicts were flattened to the same keys
-    except UnsupportedAdapterError:
-        return Found(str(path), name, "FaceID adapter (not supported by this version)")
+    except UnsupportedAdapterError as exc:  # a family this version recognises and does not run
+        return Found(str(path), name, f"not supported: {_short(exc)}")
     except IPAdapterError as exc:
         return Found(str(path), name, f"not usable: {_short(exc)}")
     return Found(str(path), name, adapter_kind(spec), spec=spec)
 
 
 def adapter_kind(spec: AdapterSpec) -> str:
+    if spec.is_faceid:
+        return f"{FAMILY_NAMES[spec.family]} FaceID {spec.variant} adapter"
     return f"{FAMILY_NAMES[spec.family]} {spec.kind.replace('_', ' ')} adapter ({spec.encoder})"
 
 
@@ -245,8 +251,11 @@ def preset_need(preset: str, family: str) -> Need:
 
 def _fits(found: Found, need: Need, family: str) -> bool:
     spec = found.spec
-    return spec is not None and spec.kind == need.kind and spec.family == family and \
-        (need.encoder is None or spec.encoder == need.encoder)
+    if spec is None or spec.family != family:
+        return False
+    if need.variants:  # FaceID: by the variant the contents give
+        return spec.is_faceid and spec.variant in need.variants
+    return not spec.is_faceid and spec.kind == need.kind and (need.encoder is None or spec.encoder == need.encoder)
 
 
 def _wanted(need: Need, family: str) -> str:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import HOST, NO_HOST_REASON
-from official_formats import OFFICIAL, faceid, official_state_dict
+from faceid_formats import faceid_state_dict
+from official_formats import OFFICIAL, official_state_dict
 
 import ipadapter_suite.ipadapter_core.scan as scan
 from ipadapter_suite.ipadapter_core import InputError
@@ -96,7 +97,6 @@ def test_clip_vision_encoders_are_told_apart_by_widths_and_depth(shapes, expecte
 
 
 def test_unusable_files_say_what_they_are(tmp_path):
-    write_header_only(tmp_path / "faceid.safetensors", adapter_shapes(faceid()))
     write_header_only(tmp_path / "checkpoint.safetensors", {"model.diffusion_model.out.2.weight": (4, 320, 3, 3)})
     write_header_only(tmp_path / "cut.safetensors", adapter_shapes(official_state_dict("ip-adapter_sd15")))
     os.truncate(tmp_path / "cut.safetensors", os.path.getsize(tmp_path / "cut.safetensors") // 2)
@@ -104,7 +104,6 @@ def test_unusable_files_say_what_they_are(tmp_path):
     (tmp_path / "code.bin").write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that would call os.system
     kinds = {name: scan.classify_adapter(str(tmp_path / name), name) for name in os.listdir(tmp_path)}
     assert all(f.spec is None for f in kinds.values())
-    assert "FaceID" in kinds["faceid.safetensors"].kind
     assert "not an IP-Adapter" in kinds["checkpoint.safetensors"].kind
     assert "truncated" in kinds["cut.safetensors"].kind
     assert "safetensors" in kinds["text.safetensors"].kind
@@ -198,12 +197,34 @@ def test_look_alike_files_are_refused_until_one_is_picked(tmp_path):
         scan.choose("standard", "sd15", adapters, encoders, "c.safetensors")
 
 
-def test_faceid_presets_list_the_faceid_files_found(tmp_path):
-    (tmp_path / "ipadapter").mkdir()
-    write_header_only(tmp_path / "ipadapter" / "f.safetensors", adapter_shapes(faceid()))
-    adapters = scan.FileScan(scan.classify_adapter)([("f.safetensors", str(tmp_path / "ipadapter" / "f.safetensors"))])
-    with pytest.raises(InputError, match="f.safetensors → FaceID adapter"):
-        scan.choose("faceid", "sd15", adapters, [])
+@pytest.mark.parametrize("preset,family,picked,load_as", [
+    ("faceid", "sd15", "a.safetensors", "auto"),
+    ("faceid plus", "sd15", "b.safetensors", "plus"),
+    ("faceid plus v2", "sd15", "b.safetensors", "plus v2"),  # a Plus file: only the preset says it is v2
+    ("faceid portrait", "sd15", "c.safetensors", "auto"),
+    ("faceid", "sdxl", "d.safetensors", "auto"),
+])
+def test_faceid_presets_pick_the_faceid_file_by_its_contents(tmp_path, preset, family, picked, load_as):
+    stems = {"a": "ip-adapter-faceid_sd15", "b": "ip-adapter-faceid-plus_sd15",
+             "c": "ip-adapter-faceid-portrait-v11_sd15", "d": "ip-adapter-faceid_sdxl",
+             "e": "ip-adapter-plus-face_sd15"}
+    listed = []
+    for name, stem in stems.items():
+        sd = faceid_state_dict(stem) if "faceid" in stem else official_state_dict(stem)
+        write_header_only(tmp_path / f"{name}.safetensors", adapter_shapes(sd))
+        listed.append((f"{name}.safetensors", str(tmp_path / f"{name}.safetensors")))
+    adapters = scan.FileScan(scan.classify_adapter)(listed)
+    assert "FaceID" in adapters[0].kind and adapters[0].spec is not None
+    encoders = [scan.Found("vit-h", "vit-h.safetensors", "ViT-H", encoder=scan.VIT_H)]
+    assert scan.choose(preset, family, adapters, encoders)[0].name == picked
+    assert scan.preset_need(preset, family).load_as == load_as
+
+
+def test_faceid_plus_needs_its_clip_vision_file(tmp_path):
+    write_header_only(tmp_path / "b.safetensors", adapter_shapes(faceid_state_dict("ip-adapter-faceid-plus_sd15")))
+    adapters = scan.FileScan(scan.classify_adapter)([("b.safetensors", str(tmp_path / "b.safetensors"))])
+    with pytest.raises(InputError, match="missing an .*ViT-H.* CLIP vision file"):
+        scan.choose("faceid plus v2", "sd15", adapters, [])
 
 
 # ------------------------------------------------------------------------------------------------ the node
