@@ -63,7 +63,23 @@ def with_default_uncond(embeds: torch.Tensor, hidden: torch.Tensor, zero_image_h
     return ImagePrompt(embeds, hidden, torch.zeros_like(embeds), uncond_hidden)
 
 
-COMBINE_METHODS = ("concat", "average", "weighted average")
+COMBINE_METHODS = ("concat", "average", "weighted average", "add", "subtract", "norm average", "max", "min")
+_NORM_EPS = 1e-12  # norm average: a feature that is 0 in every image stays 0 instead of becoming NaN
+
+
+def _reduce(method: str, t: torch.Tensor) -> torch.Tensor:
+    """(n, ...) features of n images -> (1, ...) by one of the methods the incumbent's combine offers."""
+    if method == "add":
+        out = t.sum(0)
+    elif method == "subtract":  # the first image minus the mean of the others
+        out = t[0] - t[1:].mean(0)
+    elif method == "norm average":  # each feature divided by its norm over the images, then the mean
+        out = (t / t.norm(dim=0, keepdim=True).clamp_min(_NORM_EPS)).mean(0)
+    elif method == "max":
+        out = t.amax(0)
+    else:
+        out = t.amin(0)
+    return out[None]
 
 
 def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePrompt:
@@ -71,7 +87,10 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
 
     - ``concat``: every image stays (their tokens are concatenated, or one per latent row with batch unfold);
     - ``average``: one image whose features (and negative features) are the mean over the images;
-    - ``weighted average``: sum(w_i * f_i) / sum(w_i), one weight per image.
+    - ``weighted average``: sum(w_i * f_i) / sum(w_i), one weight per image;
+    - ``add``, ``subtract`` (f_1 - mean of the others), ``norm average`` (mean of f_i / ||f||, the norm over the
+      images, per feature), ``max``, ``min``: one image of those features, with the first image's negative (as
+      ComfyUI_IPAdapter_plus combines); a single image is kept as it is.
     """
     prompts = list(prompts)
     if not prompts:
@@ -85,6 +104,11 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     if method == "concat":
         return ImagePrompt(*parts)
     count = parts[0].shape[0]
+    if method in COMBINE_METHODS[3:]:
+        if count == 1:
+            return ImagePrompt(*parts)
+        embeds, hidden = _reduce(method, parts[0]), _reduce(method, parts[1])
+        return ImagePrompt(embeds, hidden, parts[2][:1], parts[3][:1])
     if method == "average":
         w = torch.full((count,), 1.0 / count)
     elif method == "weighted average":

@@ -1,7 +1,7 @@
 """The ComfyUI nodes, on the host's V3 schema: declarations and one call each; the glue is in ../host, the math in
 ../ipadapter_core. Node ids, input names, socket types and widget order are public (saved graphs use them)."""
 from ..host import files
-from .apply_ipadapter import ApplyIPAdapter, ApplyIPAdapterAdvanced
+from .apply_ipadapter import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
 from .frame_weights import IPAdapterCrossfadeBatches, IPAdapterFrameWeights
@@ -13,7 +13,8 @@ from .sockets import ComfyExtension
 files.register_model_folder()  # models/ipadapter, before any schema lists its files
 
 NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
-         ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches]
+         ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches,
+         ApplyIPAdapterStyleComposition]
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
 
 
