@@ -134,6 +134,16 @@ def _advanced(w, **over):
     return _apply(w, "ApplyIPAdapterAdvanced", **over)
 
 
+def _style_composition(w, **over):
+    inputs = {"model": ("MODEL", w["model"]), "ipadapter": ("IPADAPTER", w["adapter"]),
+              "image_prompt_style": ("IMAGE_PROMPT", w["prompt"]),
+              "image_prompt_composition": ("IMAGE_PROMPT", w["prompt"]), "weight_style": 1.0,
+              "weight_composition": 1.0, "expand_style": False, "start_at": 0.0, "end_at": 1.0,
+              "embeds_scaling": "V only"}
+    inputs.update(over)
+    return _graph(w, "ApplyIPAdapterStyleComposition", inputs)
+
+
 def _encode(w, **over):
     inputs = {"clip_vision": ("CLIP_VISION", w["clip_vision"]), "image": ("IMAGE", torch.rand(2, 32, 32, 3)),
               "fit": "center crop", "batch_size": 8}
@@ -284,8 +294,30 @@ CASES = [
          ("custom_layer_weights", "not a finite number")),
     Case("composition_weight NaN", lambda w: _advanced(w, composition_weight=NAN), _advanced, "validation",
          ("composition_weight is nan",)),
-    Case("unknown layer preset", lambda w: _advanced(w, layer_weights="weak middle"), _advanced, "validation",
-         ("layer_weights", "weak middle")),
+    Case("unknown layer preset", lambda w: _advanced(w, layer_weights="strongest"), _advanced, "validation",
+         ("layer_weights", "strongest")),
+    Case("unknown embeds_scaling", lambda w: _advanced(w, embeds_scaling="Q only"), _advanced, "validation",
+         ("embeds_scaling", "'Q only'", "pick one")),
+    # Apply IP-Adapter (Style & Composition)
+    Case("weight_style NaN", lambda w: _style_composition(w, weight_style=NAN), _style_composition, "validation",
+         ("weight_style is nan", "finite")),
+    Case("weight_composition beyond its range", lambda w: _style_composition(w, weight_composition=7.0),
+         _style_composition, "validation", ("weight_composition is 7.0", "outside")),
+    Case("weight_composition Inf, linked", lambda w: _style_composition(w, weight_composition=("FLOAT", INF)),
+         _style_composition, "execution", ("weight_composition is inf",)),
+    Case("style & composition start_at after end_at", lambda w: _style_composition(w, start_at=0.9, end_at=0.1),
+         _style_composition, "execution", ("start_at 0.9 is after end_at 0.1", "swap")),
+    Case("unknown embeds_scaling (style & composition)", lambda w: _style_composition(w, embeds_scaling="V"),
+         _style_composition, "validation", ("embeds_scaling", "'V'")),
+    Case("composition prompt with NaN (from a script)", lambda w: _style_composition(
+        w, image_prompt_composition=("IMAGE_PROMPT", _nan_prompt(w))), _style_composition, "execution",
+         ("image_prompt_composition", "NaN/Inf", "encode the images again")),
+    Case("style prompt of another encoder", lambda w: _style_composition(
+        w, image_prompt_style=("IMAGE_PROMPT", w["other_prompt"])), _style_composition, "execution",
+         ("encoded with", "Load CLIP Vision")),
+    Case("style & composition mask with NaN", lambda w: _style_composition(w, attn_mask=("MASK", _nan_mask())),
+         lambda w: _style_composition(w, attn_mask=("MASK", torch.ones(16, 16))), "execution",
+         ("attn_mask has 1 NaN/Inf",)),
     Case("frame_weights with NaN (from a script)", lambda w: _advanced(w, frame_weights=_schedule(1.0, NAN)),
          lambda w: _advanced(w, frame_weights=_schedule(1.0, 0.5)), "execution",
          ("frame_weights (frame 1) is nan", "finite number")),
@@ -322,6 +354,8 @@ CASES = [
          ("weights sum to 0",)),
     Case("weights with NaN", lambda w: _combine(w, weights="1, nan, 1, 1"), _combine, "validation",
          ("weights: 'nan' is not a finite number",)),
+    Case("unknown combine method", lambda w: _combine(w, method="median"), _combine, "validation",
+         ("method", "'median'", "norm average")),
     Case("prompts of two encoders", lambda w: _combine(w, method="concat", second=w["other_prompt"]),
          lambda w: _combine(w, method="concat"), "execution", ("different CLIP vision models",)),
     # Image Prompt Noise

@@ -57,14 +57,18 @@ def has_control_after_generate(name, type_, options):
 
 
 def widget_values_by_name(node, info):
-    """{input name: value} from a node's ``widgets_values``; raises ValueError when the count does not fit."""
+    """{input name: value} from a node's ``widgets_values``; raises ValueError when the count does not fit (optional
+    widgets missing at the end, as in a graph saved before they were added, get their defaults)."""
     values = node.get("widgets_values") or []
     if isinstance(values, dict):  # some front-end versions save {name: value}
         return dict(values)
     out, i = {}, 0
-    for name, type_, options, _ in ordered_inputs(info):
+    for name, type_, options, required in ordered_inputs(info):
         if not is_widget(type_, options):
             continue
+        if i >= len(values) and not required and "default" in options:
+            out[name] = options["default"]  # a graph saved before this optional widget existed: the front-end
+            continue  # gives it its default
         if i >= len(values):
             raise ValueError(f"node {node['id']} ({node['type']}): no value for widget '{name}' in "
                              f"widgets_values {values}")
