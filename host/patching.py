@@ -109,8 +109,8 @@ def apply_style_composition(model, adapter, style: ImagePrompt, composition: Ima
                             weight_composition: float, expand_style: bool, start_at: float, end_at: float,
                             options: ApplyOptions = ApplyOptions()):
     """Two references in one patch: ``style``'s tokens on the style layers (every layer but the composition
-    blocks with ``expand_style``), ``composition``'s on the composition blocks (docs/layers.md#style-and-
-    composition-from-two-images)."""
+    blocks with ``expand_style``), ``composition``'s on the composition blocks
+    (docs/layers.md#style-and-composition-from-two-images)."""
     finite_number("weight_style", weight_style, *WEIGHT_RANGE)
     finite_number("weight_composition", weight_composition, *WEIGHT_RANGE)
     for name, prompt in (("image_prompt_style", style), ("image_prompt_composition", composition)):
