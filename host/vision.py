@@ -1,13 +1,16 @@
 """CLIP vision encoding through the host's encoder: reference images -> an ImagePrompt (cond and uncond)."""
 import weakref
+from dataclasses import dataclass
 
 import torch
 
 import comfy.model_management
 import comfy.utils
 
-from ..ipadapter_core import (FIT_MODES, ImagePrompt, InputError, check_images, choice, square_images,
-                              with_default_uncond)
+from ..ipadapter_core import (FIT_MODES, ImagePrompt, InputError, check_images, choice, finite_number,
+                              square_images, with_default_uncond)
+from ..ipadapter_core.checks import FRACTION_RANGE
+from ..ipadapter_core.image_ops import INTERPOLATIONS, resize_images, sharpen
 
 MAX_BATCH = 256  # the node's batch_size widget
 
@@ -29,7 +32,20 @@ def zero_image_hidden(clip_vision) -> torch.Tensor:
     return cached
 
 
-def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int
+@dataclass(frozen=True)
+class Prep:
+    """How images are brought to the encoder's size: the host's own resize (bicubic, no sharpening: the default)
+    or ours, with another interpolation and/or sharpening (docs/inference.md#sharpening)."""
+    interpolation: str = "bicubic"
+    sharpening: float = 0.0
+
+    def __call__(self, chunk: torch.Tensor, size: int) -> torch.Tensor:
+        if self.interpolation == "bicubic" and self.sharpening == 0:
+            return chunk  # the host's encode_image resizes it
+        return sharpen(resize_images(chunk[..., :3].float(), size, self.interpolation), self.sharpening)
+
+
+def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int, prep: Prep = Prep()
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W), ``batch_size`` images at a
     time so that only one chunk's activations are ever held."""
@@ -37,7 +53,8 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
     n = image.shape[0]
     embeds = hidden = None
     for i in range(0, n, batch_size):
-        out = clip_vision.encode_image(image[i:i + batch_size], crop=fit != "squash")
+        chunk = prep(image[i:i + batch_size], clip_vision.image_size)
+        out = clip_vision.encode_image(chunk, crop=fit != "squash")
         chunk_embeds, chunk_hidden = out["image_embeds"], out["penultimate_hidden_states"]
         if hidden is None:  # filled in place: no list of chunks and no concatenated copy of it
             embeds = chunk_embeds.new_empty((n, *chunk_embeds.shape[1:]))  # (n, E)
@@ -45,6 +62,11 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
         embeds[i:i + batch_size], hidden[i:i + batch_size] = chunk_embeds, chunk_hidden
         progress.update(chunk_hidden.shape[0])
     return embeds, hidden
+
+
+def check_prep(interpolation, sharpening) -> Prep:
+    choice("interpolation", interpolation, INTERPOLATIONS)
+    return Prep(interpolation, finite_number("sharpening", sharpening, *FRACTION_RANGE))
 
 
 def check_inputs(clip_vision, image, negative_image, fit: str, batch_size: int) -> None:
@@ -65,14 +87,16 @@ def check_batch_size(batch_size) -> None:
 
 
 def encode_image_prompt(clip_vision, image: torch.Tensor, negative_image: torch.Tensor | None = None,
-                        fit: str = "center crop", batch_size: int = 8) -> ImagePrompt:
+                        fit: str = "center crop", batch_size: int = 8, interpolation: str = "bicubic",
+                        sharpening: float = 0.0) -> ImagePrompt:
     check_inputs(clip_vision, image, negative_image, fit, batch_size)
+    prep = check_prep(interpolation, sharpening)
     count = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
     progress = comfy.utils.ProgressBar(count)
-    embeds, hidden = _encode(clip_vision, image, progress, fit, batch_size)
+    embeds, hidden = _encode(clip_vision, image, progress, fit, batch_size, prep)
     if negative_image is None:
         return with_default_uncond(embeds, hidden, zero_image_hidden(clip_vision))
-    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, fit, batch_size)
+    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, fit, batch_size, prep)
     n = embeds.shape[0]
     if neg_embeds.shape[0] not in (1, n):
         raise InputError(f"negative_image has {neg_embeds.shape[0]} images for {n} reference images: give one "

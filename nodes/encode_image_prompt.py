@@ -1,6 +1,7 @@
 """Encode Image Prompt: CLIP vision + reference image(s) -> IMAGE_PROMPT."""
 from ..host import vision
-from ..ipadapter_core import FIT_MODES, choice
+from ..ipadapter_core import FIT_MODES, choice, finite_number
+from ..ipadapter_core.image_ops import INTERPOLATIONS
 from .sockets import CATEGORY, ImagePrompt, io, verdict
 
 
@@ -24,17 +25,28 @@ class EncodeImagePrompt(io.ComfyNode):
                 io.Int.Input("batch_size", default=8, min=1, max=vision.MAX_BATCH, optional=True, tooltip=(
                     "Images encoded at once; memory for activations stays flat however many frames are "
                     "encoded.")),
+                io.Combo.Input("interpolation", options=list(INTERPOLATIONS), default="bicubic", optional=True,
+                               tooltip="How images are resized to the encoder's input (bicubic: the host's own "
+                                       "resize)."),
+                io.Float.Input("sharpening", default=0.0, min=0.0, max=1.0, step=0.05, optional=True, tooltip=(
+                    "Contrast-adaptive sharpening after the resize (0: none).")),
             ],
             outputs=[ImagePrompt.Output(display_name="image_prompt", tooltip=(
                 "Pooled embeddings and hidden states of the images and of their negative."))])
 
     @classmethod
-    def validate_inputs(cls, fit=None, batch_size=None):
+    def validate_inputs(cls, fit=None, batch_size=None, interpolation=None, sharpening=None):
         checks = [] if fit is None else [lambda: choice("fit", fit, FIT_MODES)]
         if batch_size is not None:
             checks.append(lambda: vision.check_batch_size(batch_size))
+        if interpolation is not None:
+            checks.append(lambda: choice("interpolation", interpolation, INTERPOLATIONS))
+        if sharpening is not None:
+            checks.append(lambda: finite_number("sharpening", sharpening, 0.0, 1.0))
         return verdict(*checks)
 
     @classmethod
-    def execute(cls, clip_vision, image, negative_image=None, fit="center crop", batch_size=8):
-        return io.NodeOutput(vision.encode_image_prompt(clip_vision, image, negative_image, fit, batch_size))
+    def execute(cls, clip_vision, image, negative_image=None, fit="center crop", batch_size=8,
+                interpolation="bicubic", sharpening=0.0):
+        return io.NodeOutput(vision.encode_image_prompt(clip_vision, image, negative_image, fit, batch_size,
+                                                        interpolation, sharpening))

@@ -252,6 +252,12 @@ CASES = [
     Case("batch_size linked from a script, out of range", lambda w: _encode(w, batch_size=("INT", -3)), _encode,
          "execution", ("batch_size is -3", "1 to 256")),
     Case("unknown fit", lambda w: _encode(w, fit="stretch"), _encode, "validation", ("fit", "stretch")),
+    Case("unknown interpolation", lambda w: _encode(w, interpolation="box"), _encode, "validation",
+         ("interpolation", "'box'", "lanczos")),
+    Case("sharpening beyond 1", lambda w: _encode(w, sharpening=1.5), _encode, "validation",
+         ("sharpening is 1.5", "outside 0.0…1.0")),
+    Case("sharpening NaN, linked", lambda w: _encode(w, sharpening=("FLOAT", NAN)), _encode, "execution",
+         ("sharpening is nan", "finite")),
     # Apply IP-Adapter: numbers, masks, pairings
     Case("weight NaN in an API graph", lambda w: _apply(w, weight=NAN), _apply, "validation",
          ("weight is nan", "finite")),

@@ -73,3 +73,25 @@ def test_noise_node_output_feeds_encode_as_negative(ext, clip_vision):
     prompt = ext.host.vision.encode_image_prompt(clip_vision, image, negative)
     torch.testing.assert_close(prompt.uncond_hidden, ext.host.vision.encode_image_prompt(clip_vision, negative).hidden)
     assert not torch.allclose(prompt.uncond_hidden, prompt.hidden)
+
+
+def test_interpolation_and_sharpening_prepare_what_the_encoder_sees(ext, clip_vision):
+    """Another interpolation or sharpening: the encoder gets the image resized by that filter (PIL's, in the test)
+    and sharpened, exactly as if it had been given that image at its own size; the default path is unchanged."""
+    from test_incumbent_controls_core import _pil_resize
+    from ipadapter_suite.ipadapter_core.image_ops import sharpen
+    image = _images(1, 70, 70, seed=3)
+    encode = ext.host.vision.encode_image_prompt
+    size = clip_vision.image_size
+    default = encode(clip_vision, image)
+    assert torch.equal(encode(clip_vision, image, interpolation="bicubic", sharpening=0.0).hidden, default.hidden)
+    for mode, pil in (("lanczos", "LANCZOS"), ("nearest", "NEAREST")):
+        got = encode(clip_vision, image, interpolation=mode).hidden
+        want = encode(clip_vision, _pil_resize(image, size, pil)).hidden  # already at the encoder's size
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3)  # within one of the host's 8-bit levels
+        assert not torch.allclose(got, default.hidden, atol=1e-3)
+    sharp = encode(clip_vision, image, interpolation="lanczos", sharpening=0.8)
+    want = encode(clip_vision, sharpen(_pil_resize(image, size, "LANCZOS"), 0.8))
+    torch.testing.assert_close(sharp.hidden, want.hidden, rtol=1e-3, atol=2e-3)
+    negative = encode(clip_vision, image, negative_image=image, sharpening=0.8)  # the negative is prepared the same
+    torch.testing.assert_close(negative.uncond_hidden, negative.hidden)

@@ -192,3 +192,57 @@ def test_norm_average_of_a_feature_zero_in_every_image_stays_finite():
     # two equal images: each feature / (sqrt(2) |f|), averaged -> sign(f) / sqrt(2)
     want = torch.sign(zeroed.embeds[0]) / math.sqrt(2)
     torch.testing.assert_close(out.embeds[0], want)
+
+
+# ------------------------------------------------------------------------------------------------ image preparation
+
+def _cas_pixel(img, y, x, c, amount):
+    """Contrast-adaptive sharpening of one pixel, written out: zero outside the image; soft min/max of the cross
+    (N, W, centre, E, S) plus the diagonals; peak weight -sqrt(min(low, 2 - high) / high) * (1/8 + amount/40)."""
+    h, w = len(img), len(img[0])
+
+    def at(dy, dx):
+        yy, xx = y + dy, x + dx
+        return img[yy][xx][c] if 0 <= yy < h and 0 <= xx < w else 0.0
+
+    cross = [at(-1, 0), at(0, -1), at(0, 0), at(0, 1), at(1, 0)]
+    diag = [at(-1, -1), at(-1, 1), at(1, -1), at(1, 1)]
+    low = max(min(cross), 0.0) + max(min(diag), 0.0)
+    high = min(max(cross), 1.0) + min(max(diag), 1.0)
+    if high == 0:
+        return 0.0
+    peak = -math.sqrt(min(low, 2 - high) / high) * (1 / 8 + amount * (1 / 5 - 1 / 8))
+    value = ((at(-1, 0) + at(0, -1) + at(0, 1) + at(1, 0)) * peak + at(0, 0)) / (1 + 4 * peak)
+    return min(max(value, 0.0), 1.0)
+
+
+def test_sharpening_by_its_formula():
+    from ipadapter_suite.ipadapter_core.image_ops import sharpen
+    image = torch.rand(1, 6, 5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    image[0, 2, 2] = 0.0  # a dark pixel among bright ones
+    got = sharpen(image, 0.6)
+    rows = image[0].tolist()
+    want = torch.tensor([[[_cas_pixel(rows, y, x, c, 0.6) for c in range(3)] for x in range(5)] for y in range(6)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got[0], want, rtol=1e-9, atol=1e-12)
+    assert sharpen(image, 0.0) is image
+    flat = torch.full((1, 5, 5, 3), 0.4, dtype=torch.float64)
+    torch.testing.assert_close(sharpen(flat, 1.0)[:, 1:-1, 1:-1], flat[:, 1:-1, 1:-1])  # nothing to sharpen inside
+
+
+def _pil_resize(image, size, pil):
+    """(1, H, W, 3) resized by PIL, one float ('F') channel at a time."""
+    import numpy as np
+    from PIL import Image
+    channels = [np.array(Image.fromarray(image[0, :, :, c].numpy(), mode="F").resize(
+        (size, size), Image.Resampling[pil])) for c in range(3)]
+    return torch.from_numpy(np.stack(channels, axis=-1))[None]
+
+
+@pytest.mark.parametrize("mode, pil", [("lanczos", "LANCZOS"), ("bilinear", "BILINEAR"), ("nearest", "NEAREST")])
+def test_resize_modes_match_pil(mode, pil):
+    from ipadapter_suite.ipadapter_core.image_ops import resize_images
+    image = torch.rand(1, 37, 29, 3, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(resize_images(image, 16, mode), _pil_resize(image, 16, pil), rtol=1e-4, atol=2e-4)
+    small = image[:, :10, :10].contiguous()  # upscaling too
+    torch.testing.assert_close(resize_images(small, 16, mode), _pil_resize(small, 16, pil), rtol=1e-4, atol=2e-4)

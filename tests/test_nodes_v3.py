@@ -15,7 +15,8 @@ PUBLIC = {
     "LoadIPAdapter": ("Load IP-Adapter", [("ipadapter_name", "COMBO", True)], ["IPADAPTER"]),
     "EncodeImagePrompt": ("Encode Image Prompt", [
         ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("negative_image", "IMAGE", False),
-        ("fit", "COMBO", False), ("batch_size", "INT", False)], ["IMAGE_PROMPT"]),
+        ("fit", "COMBO", False), ("batch_size", "INT", False), ("interpolation", "COMBO", False),
+        ("sharpening", "FLOAT", False)], ["IMAGE_PROMPT"]),
     "ApplyIPAdapter": ("Apply IP-Adapter", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
@@ -78,6 +79,7 @@ def test_public_surface_is_unchanged(ext):
 # Option lists other graphs (and the workflow converter) rely on, written out: (node, input, options, default).
 SCALINGS = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
 OPTIONS = [
+    ("EncodeImagePrompt", "interpolation", ["bicubic", "lanczos", "bilinear", "nearest"], "bicubic"),
     ("ApplyIPAdapterAdvanced", "embeds_scaling", SCALINGS, "V only"),
     ("ApplyIPAdapterStyleComposition", "embeds_scaling", SCALINGS, "V only"),
     ("CombineImagePrompts", "method", ["concat", "average", "weighted average", "add", "subtract", "norm average",
