@@ -1,6 +1,6 @@
 """Apply IP-Adapter: policy (presets, start/end, curves, masks) resolved to plain data at apply time, then one
 patch object per cross-attention layer on a clone of the model, through the host's public patch API."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -77,8 +77,34 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
     if not weights or start_at >= end_at:
         return patched
     swapped = swapped_layers(adapter.spec.family, options.layer_preset)
-    _patch(patched, adapter, _branches(model, adapter, prompt, weight, start_at, end_at, options, weights, swapped))
+    _patch_prompt(patched, model, adapter, prompt, weight, (start_at, end_at), options, weights, swapped)
     return patched
+
+
+def _patch_prompt(patched, model, adapter, prompt: ImagePrompt, weight, span, options: ApplyOptions, weights,
+                  swapped=frozenset()) -> None:
+    """The prompt's branches on ``patched``; a prompt with regions (tiles) gets one branch per image, masked by
+    its region times ``attn_mask`` (docs/inference.md#tiled-encoding)."""
+    if prompt.regions is None:
+        _patch(patched, adapter, _branches(model, adapter, prompt, weight, *span, options, weights, swapped))
+        return
+    if options.unfold_batch:
+        raise InputError("image_prompt holds tiles, one region each, which cannot be unfolded over frames: turn "
+                         "unfold_batch off, or encode the reference with Encode Image Prompt")
+    for i in range(prompt.count):
+        part = replace(options, attn_mask=region_mask(prompt.regions[i:i + 1], options.attn_mask))
+        _patch(patched, adapter, _branches(model, adapter, prompt.image(i), weight, *span, part, weights, swapped))
+
+
+def region_mask(region: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """A region (1, h, w) times the user's mask (M, H, W) or (H, W), resized (bilinear) to the mask's size."""
+    region = region.float()
+    if attn_mask is None:
+        return region
+    mask = attn_mask.reshape(-1, *attn_mask.shape[-2:]).float()  # (M, H, W)
+    if region.shape[-2:] != mask.shape[-2:]:
+        region = torch.nn.functional.interpolate(region[:, None], size=mask.shape[-2:], mode="bilinear")[:, 0]
+    return mask * region
 
 
 def _branches(model, adapter, prompt, weight, start_at, end_at, options: ApplyOptions, weights, swapped=frozenset()):
@@ -130,6 +156,5 @@ def apply_style_composition(model, adapter, style: ImagePrompt, composition: Ima
         return patched
     for prompt, part in parts:
         if part:
-            _patch(patched, adapter, _branches(model, adapter, prompt, weight_style, start_at, end_at, options,
-                                               part))
+            _patch_prompt(patched, model, adapter, prompt, weight_style, (start_at, end_at), options, part)
     return patched

@@ -77,19 +77,20 @@ def _lanczos_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return (weights / weights.sum(1, keepdim=True)).float()
 
 
-def resize_images(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """(n, H, W, 3) -> (n, size, size, 3) with ``mode`` (INTERPOLATIONS); bicubic and bilinear antialiased as the
-    host's encoder resize is."""
+def resize_images(image: torch.Tensor, size, mode: str) -> torch.Tensor:
+    """(n, H, W, 3) -> (n, h, w, 3), ``size`` = h = w or (h, w), with ``mode`` (INTERPOLATIONS); bicubic and
+    bilinear antialiased as the host's encoder resize is."""
     choice("interpolation", mode, INTERPOLATIONS)
+    h, w = (size, size) if isinstance(size, int) else size
     if mode == "lanczos":
-        rows = _lanczos_matrix(image.shape[1], size).to(image)
-        cols = _lanczos_matrix(image.shape[2], size).to(image)
-        return torch.einsum("oh,nhwc,pw->nopc", rows, image, cols)  # (n, size, size, 3)
+        rows = _lanczos_matrix(image.shape[1], h).to(image)
+        cols = _lanczos_matrix(image.shape[2], w).to(image)
+        return torch.einsum("oh,nhwc,pw->nopc", rows, image, cols)  # (n, h, w, 3)
     pixels = image.movedim(-1, 1)  # (n, 3, H, W)
     if mode == "nearest":
-        out = F.interpolate(pixels, size=(size, size), mode="nearest-exact")
+        out = F.interpolate(pixels, size=(h, w), mode="nearest-exact")
     else:
-        out = F.interpolate(pixels, size=(size, size), mode=mode, antialias=True, align_corners=False)
+        out = F.interpolate(pixels, size=(h, w), mode=mode, antialias=True, align_corners=False)
     return out.movedim(1, -1)
 
 

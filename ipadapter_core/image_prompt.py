@@ -15,11 +15,14 @@ class ImagePrompt:
     embeds (n, E): pooled, projected image embeddings. hidden (n, P, W): penultimate hidden states.
     uncond_*: the same for the CFG uncond rows (reference semantics: zero embeddings and the encoder's hidden
     states of the all-zero normalised pixel tensor, or a user's negative image).
+    regions (n, H, W) in [0, 1], or None: image i acts only inside region i (a tiled reference's tiles,
+    docs/inference.md#tiled-encoding); None: every image acts everywhere.
     """
     embeds: torch.Tensor
     hidden: torch.Tensor
     uncond_embeds: torch.Tensor
     uncond_hidden: torch.Tensor
+    regions: torch.Tensor | None = None
 
     def __post_init__(self):
         n = self.embeds.shape[0]
@@ -27,6 +30,13 @@ class ImagePrompt:
             raise ValueError("an image prompt needs as many uncond rows as reference images "
                              f"(embeds {n}, hidden {self.hidden.shape[0]}, uncond {self.uncond_embeds.shape[0]}"
                              f"/{self.uncond_hidden.shape[0]})")
+        if self.regions is not None and (self.regions.dim() != 3 or self.regions.shape[0] != n):
+            raise ValueError(f"an image prompt's regions must be (n, H, W) with n = {n} images, got "
+                             f"{tuple(self.regions.shape)}")
+
+    def image(self, i: int) -> "ImagePrompt":
+        """Image i alone (its region dropped: the caller applies it as a mask)."""
+        return ImagePrompt(*(getattr(self, name)[i:i + 1] for name in _FIELDS))
 
     @property
     def count(self) -> int:
@@ -38,7 +48,8 @@ class ImagePrompt:
         return ENCODERS_BY_HIDDEN_WIDTH.get(width, f"a CLIP vision model with hidden width {width}")
 
     def named_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return [(name, getattr(self, name)) for name in _FIELDS]
+        regions = [] if self.regions is None else [("regions", self.regions)]
+        return [(name, getattr(self, name)) for name in _FIELDS] + regions
 
     def features(self, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) features of the kind an adapter reads: "pooled" or "hidden"."""
@@ -102,7 +113,7 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
                                    "encoder the adapter needs")
     parts = [torch.cat([getattr(p, name) for p in prompts]) for name in _FIELDS]  # each (n, ...)
     if method == "concat":
-        return ImagePrompt(*parts)
+        return ImagePrompt(*parts, regions=_concat_regions(prompts))
     count = parts[0].shape[0]
     if method in COMBINE_METHODS[3:]:
         if count == 1:
@@ -116,6 +127,21 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     else:
         raise InputError(f"method: unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
     return ImagePrompt(*(torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts))  # (1, ...)
+
+
+def _concat_regions(prompts) -> torch.Tensor | None:
+    """The regions of concatenated prompts: None unless one has regions; then full regions for the images of those
+    without, every region resized (bilinear) to the first one's size."""
+    sized = [p.regions for p in prompts if p.regions is not None]
+    if not sized:
+        return None
+    h, w = sized[0].shape[-2:]
+    out = []
+    for p in prompts:
+        r = torch.ones(p.count, h, w) if p.regions is None else p.regions.float()
+        out.append(r if r.shape[-2:] == (h, w) else torch.nn.functional.interpolate(
+            r[:, None], size=(h, w), mode="bilinear")[:, 0])  # (n, h, w)
+    return torch.cat(out)
 
 
 def _normalised_weights(weights, count: int) -> torch.Tensor:
@@ -137,7 +163,8 @@ PROMPT_FORMAT = "ipadapter_image_prompt"
 
 def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
     """The tensors of a prompt file (contiguous CPU copies, dtype kept)."""
-    return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in _FIELDS}
+    names = _FIELDS + (("regions",) if prompt.regions is not None else ())
+    return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in names}
 
 
 def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
@@ -145,4 +172,4 @@ def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
     if missing:
         raise AdapterFileError(f"{source} is not a saved image prompt (missing {', '.join(missing)}): save one with "
                          "Save Image Prompt")
-    return ImagePrompt(*(tensors[name] for name in _FIELDS))
+    return ImagePrompt(*(tensors[name] for name in _FIELDS), regions=tensors.get("regions"))

@@ -3,7 +3,7 @@
 from ..host import files
 from .apply_ipadapter import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .combine_image_prompts import CombineImagePrompts
-from .encode_image_prompt import EncodeImagePrompt
+from .encode_image_prompt import EncodeImagePrompt, EncodeImagePromptTiled
 from .frame_weights import IPAdapterCrossfadeBatches, IPAdapterFrameWeights
 from .image_prompt_files import LoadImagePrompt, SaveImagePrompt
 from .load_ipadapter import LoadIPAdapter
@@ -14,7 +14,7 @@ files.register_model_folder()  # models/ipadapter, before any schema lists its f
 
 NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
          ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches,
-         ApplyIPAdapterStyleComposition]
+         ApplyIPAdapterStyleComposition, EncodeImagePromptTiled]
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
 
 

@@ -50,3 +50,52 @@ class EncodeImagePrompt(io.ComfyNode):
                 interpolation="bicubic", sharpening=0.0):
         return io.NodeOutput(vision.encode_image_prompt(clip_vision, image, negative_image, fit, batch_size,
                                                         interpolation, sharpening))
+
+
+class EncodeImagePromptTiled(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EncodeImagePromptTiled", display_name="Encode Image Prompt (Tiled)", category=CATEGORY,
+            description="Encodes a reference far from square without cropping it: 'tiles' cuts it into square "
+                        "tiles, each acting on its own part of the picture (Apply IP-Adapter reads the tiles' "
+                        "regions from the prompt); 'enhancer' blends the full image's patch tokens with those of its "
+                        "tiles, for more detail.",
+            inputs=[
+                io.ClipVision.Input("clip_vision"),
+                io.Image.Input("image", tooltip="The reference image(s)."),
+                io.Image.Input("negative_image", optional=True, tooltip="Replaces the default negative."),
+                io.Combo.Input("tile_mode", options=list(vision.TILE_MODES), default="tiles", tooltip=(
+                    "tiles: one image prompt per tile, masked to its region; enhancer: the full image's features "
+                    "blended with its tiles'.")),
+                io.Float.Input("enhance_ratio", default=1.0, min=0.0, max=1.0, step=0.05, tooltip=(
+                    "enhancer: the full image's share (1: the full image only, 0: the tiles' only).")),
+                io.Int.Input("enhance_tiles", default=2, min=2, max=vision.MAX_ENHANCE_TILES, tooltip=(
+                    "enhancer: tiles per side.")),
+                io.Float.Input("sharpening", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Contrast-adaptive sharpening of the tiles (0: none)."),
+                io.Int.Input("batch_size", default=8, min=1, max=vision.MAX_BATCH, tooltip="Images encoded at once."),
+            ],
+            outputs=[ImagePrompt.Output(display_name="image_prompt", tooltip="One image per tile, with its region."),
+                     io.Mask.Output(display_name="masks", tooltip="Each tile's region of the picture."),
+                     io.Image.Output(display_name="tiles", tooltip="The tiles that were encoded.")])
+
+    @classmethod
+    def validate_inputs(cls, tile_mode=None, enhance_ratio=None, enhance_tiles=None, sharpening=None,
+                        batch_size=None):
+        checks = [] if tile_mode is None else [lambda: choice("tile_mode", tile_mode, vision.TILE_MODES)]
+        for name, value in (("enhance_ratio", enhance_ratio), ("sharpening", sharpening)):
+            if value is not None:
+                checks.append(lambda n=name, v=value: finite_number(n, v, 0.0, 1.0))
+        if enhance_tiles is not None:
+            checks.append(lambda: vision.check_tiled("tiles", 1.0, enhance_tiles))
+        if batch_size is not None:
+            checks.append(lambda: vision.check_batch_size(batch_size))
+        return verdict(*checks)
+
+    @classmethod
+    def execute(cls, clip_vision, image, tile_mode, enhance_ratio, enhance_tiles, sharpening, batch_size,
+                negative_image=None):
+        out = vision.encode_tiled(clip_vision, image, negative_image, tile_mode, enhance_ratio, enhance_tiles,
+                                  sharpening, batch_size)
+        return io.NodeOutput(out.prompt, out.masks, out.tiles)

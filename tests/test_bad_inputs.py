@@ -151,6 +151,19 @@ def _encode(w, **over):
     return _graph(w, "EncodeImagePrompt", inputs)
 
 
+def _tiled(w, **over):
+    inputs = {"clip_vision": ("CLIP_VISION", w["clip_vision"]), "image": ("IMAGE", torch.rand(1, 32, 80, 3)),
+              "tile_mode": "tiles", "enhance_ratio": 1.0, "enhance_tiles": 2, "sharpening": 0.0, "batch_size": 8}
+    inputs.update(over)
+    return _graph(w, "EncodeImagePromptTiled", inputs)
+
+
+def _tiled_prompt(w):
+    p = w["prompt"]
+    return ("IMAGE_PROMPT", type(p)(p.embeds, p.hidden, p.uncond_embeds, p.uncond_hidden,
+                                    regions=torch.ones(p.count, 8, 8)))
+
+
 def _load(w, name):
     return _graph(w, "LoadIPAdapter", {"ipadapter_name": name})
 
@@ -304,6 +317,21 @@ CASES = [
          ("layer_weights", "strongest")),
     Case("unknown embeds_scaling", lambda w: _advanced(w, embeds_scaling="Q only"), _advanced, "validation",
          ("embeds_scaling", "'Q only'", "pick one")),
+    Case("a tiled prompt with unfold_batch", lambda w: _advanced(w, image_prompt=_tiled_prompt(w),
+                                                                  unfold_batch=True),
+         lambda w: _advanced(w, image_prompt=_tiled_prompt(w)), "execution",
+         ("image_prompt holds tiles", "turn unfold_batch off")),
+    # Encode Image Prompt (Tiled)
+    Case("unknown tile_mode", lambda w: _tiled(w, tile_mode="grid"), _tiled, "validation",
+         ("tile_mode", "'grid'", "enhancer")),
+    Case("enhance_ratio beyond 1", lambda w: _tiled(w, enhance_ratio=1.5), _tiled, "validation",
+         ("enhance_ratio is 1.5", "outside 0.0…1.0")),
+    Case("enhance_tiles 1", lambda w: _tiled(w, tile_mode="enhancer", enhance_tiles=1),
+         lambda w: _tiled(w, tile_mode="enhancer"), "validation", ("enhance_tiles is 1", "2 to 16")),
+    Case("enhance_ratio NaN, linked", lambda w: _tiled(w, enhance_ratio=("FLOAT", NAN)), _tiled, "execution",
+         ("enhance_ratio is nan",)),
+    Case("NaN pixels in a tiled reference", lambda w: _tiled(w, image=("IMAGE", torch.full((1, 32, 80, 3), NAN))),
+         _tiled, "execution", ("image has", "NaN/Inf pixel")),
     # Apply IP-Adapter (Style & Composition)
     Case("weight_style NaN", lambda w: _style_composition(w, weight_style=NAN), _style_composition, "validation",
          ("weight_style is nan", "finite")),

@@ -246,3 +246,58 @@ def test_resize_modes_match_pil(mode, pil):
     torch.testing.assert_close(resize_images(image, 16, mode), _pil_resize(image, 16, pil), rtol=1e-4, atol=2e-4)
     small = image[:, :10, :10].contiguous()  # upscaling too
     torch.testing.assert_close(resize_images(small, 16, mode), _pil_resize(small, 16, pil), rtol=1e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------------------------------------ tiles
+
+@pytest.mark.parametrize("h, w, size, starts", [
+    (100, 390, (256, 998), [(0, 0), (0, 247), (0, 494), (0, 742)]),  # 4 tiles overlapping by (1024 - 998) / 3
+    (50, 400, (256, 1024), [(0, 0), (0, 256), (0, 512), (0, 768)]),  # 8:1 -> 256 x 2048, centre 4 tiles kept
+    (300, 330, (512, 512), [(0, 0), (0, 256), (256, 0), (256, 256)]),  # near square: cropped, 2 x 2
+    (400, 200, (512, 256), [(0, 0), (256, 0)]),  # tall 2:1
+])
+def test_tile_layout_as_the_incumbent_cuts(h, w, size, starts):
+    from ipadapter_suite.ipadapter_core.tiles import tile_layout, tiles_of
+    image = torch.rand(2, h, w, 3, generator=torch.Generator().manual_seed(7))
+    layout = tile_layout(image)
+    assert tuple(layout.image.shape[1:3]) == size and list(layout.boxes) == starts
+    assert layout.masks.shape == (len(starts), *size)
+    for mask, (top, left) in zip(layout.masks, starts):
+        assert mask.sum() == 256 * 256 and mask[top:top + 256, left:left + 256].min() == 1
+    assert layout.masks.amax(0).min() == 1  # the tiles cover the picture
+    pieces = tiles_of(layout)
+    top, left = starts[-1]
+    assert torch.equal(pieces[-1], layout.image[1, top:top + 256, left:left + 256])  # last tile of image 2
+
+
+def test_enhancer_merge_pools_each_tile_into_its_cell():
+    """2 x 2 tiles of a 2 x 2 patch grid: the tiles' grids side by side are 4 x 4, pooled back to 2 x 2, so cell
+    (i, j) is the mean of tile (i, j)'s four patch tokens; the class token is the tiles' mean."""
+    from ipadapter_suite.ipadapter_core.tiles import merge_tile_embeds, merge_tile_hidden, split_grid
+    g = torch.Generator().manual_seed(8)
+    full, per_tile = torch.randn(1, 5, 6, generator=g), torch.randn(4, 5, 6, generator=g)
+    merged = merge_tile_hidden(full, per_tile, 2, 0.25)
+    cells = torch.stack([per_tile[t, 1:].mean(0) for t in range(4)])  # tile t = row-major cell t
+    want = torch.cat([per_tile[:, 0].mean(0, keepdim=True), cells])[None]
+    torch.testing.assert_close(merged, 0.25 * full + 0.75 * want)
+    embeds, tile_embeds = torch.randn(1, 6, generator=g), torch.randn(4, 6, generator=g)
+    torch.testing.assert_close(merge_tile_embeds(embeds, tile_embeds, 2, 0.4), 0.4 * embeds + 0.6 * tile_embeds.mean(
+        0, keepdim=True))
+    image = torch.rand(1, 6, 9, 3, generator=g)
+    parts = split_grid(image, 3)
+    assert parts.shape == (9, 2, 3, 3) and torch.equal(parts[5], image[0, 2:4, 6:9])  # row 1, column 2
+
+
+def test_regions_travel_through_save_load_and_concat(tmp_path):
+    from ipadapter_suite.ipadapter_core import load_image_prompt, save_image_prompt
+    p = _prompt(2, 9)
+    regions = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(1))
+    tiled = ImagePrompt(p.embeds, p.hidden, p.uncond_embeds, p.uncond_hidden, regions=regions)
+    save_image_prompt(tmp_path / "t.safetensors", tiled)
+    assert torch.equal(load_image_prompt(tmp_path / "t.safetensors").regions, regions)
+    joined = combine_prompts([tiled, _prompt(1, 2)], "concat")
+    assert torch.equal(joined.regions[:2], regions) and torch.equal(joined.regions[2], torch.ones(4, 6))
+    assert combine_prompts([_prompt(1, 3), _prompt(1, 2)], "concat").regions is None
+    assert combine_prompts([tiled], "average").regions is None  # one image of mean features acts everywhere
+    with pytest.raises(ValueError, match="regions"):
+        ImagePrompt(p.embeds, p.hidden, p.uncond_embeds, p.uncond_hidden, regions=regions[:1])

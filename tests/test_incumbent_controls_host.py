@@ -161,3 +161,32 @@ def test_style_composition_node_puts_each_prompt_on_its_layers(ext, pair, tmp_pa
     assert acting(log) == {k for k, _ in info["cross_attn"]}
     attn2 = expanded.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert all(len(p.branches) == 1 for p in attn2.values())  # one prompt per layer, never both
+
+
+def test_a_tiled_prompt_acts_tile_by_tile_in_its_regions(ext, pair, tmp_path):
+    """Apply with a prompt of two tiles = two applies of one tile each, masked to the tile's half."""
+    from parity_models import host_eps
+    patcher, _, info = pair
+    adapter = _adapter(ext, info, tmp_path, "plus", seed=8)
+    tiles = random_prompt(ext, 2, 9)
+    left = torch.zeros(2, 16, 32)
+    left[0, :, :16] = 1.0
+    left[1, :, 16:] = 1.0
+    tiled = ext.ipadapter_core.ImagePrompt(tiles.embeds, tiles.hidden, tiles.uncond_embeds, tiles.uncond_hidden,
+                                           regions=left)
+    g = torch.Generator().manual_seed(4)
+    x, ctx_c, ctx_u = torch.randn(1, 4, 8, 16, generator=g), torch.randn(1, 5, 32, generator=g), torch.randn(
+        1, 5, 32, generator=g)
+    got = host_eps(_apply(ext, patcher, adapter, tiled, 0.8), x, 1.7, [ctx_c, ctx_u])
+    by_hand = patcher
+    for i in range(2):
+        by_hand = _apply(ext, by_hand, adapter, tiled.image(i), 0.8, attn_mask=left[i:i + 1])
+    want = host_eps(by_hand, x, 1.7, [ctx_c, ctx_u])
+    for a, b in zip(got, want):
+        assert rel_err(a, b) <= 1e-5
+    first = _first_run(info, {k for k, _ in info["cross_attn"]})  # each half sees only its tile there
+    tiled_log, _ = record(_apply(ext, patcher, adapter, tiled, 0.8), info, x, [ctx_c])
+    joined_log, _ = record(_apply(ext, patcher, adapter, tiles, 0.8), info, x, [ctx_c])
+    assert rel_err(tiled_log[first][0], joined_log[first][0]) > 1e-2  # not the tiles' tokens concatenated
+    with pytest.raises(ext.ipadapter_core.InputError, match="cannot be unfolded"):
+        _apply(ext, patcher, adapter, tiled, unfold_batch=True)

@@ -17,6 +17,10 @@ PUBLIC = {
         ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("negative_image", "IMAGE", False),
         ("fit", "COMBO", False), ("batch_size", "INT", False), ("interpolation", "COMBO", False),
         ("sharpening", "FLOAT", False)], ["IMAGE_PROMPT"]),
+    "EncodeImagePromptTiled": ("Encode Image Prompt (Tiled)", [
+        ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("tile_mode", "COMBO", True),
+        ("enhance_ratio", "FLOAT", True), ("enhance_tiles", "INT", True), ("sharpening", "FLOAT", True),
+        ("batch_size", "INT", True), ("negative_image", "IMAGE", False)], ["IMAGE_PROMPT", "MASK", "IMAGE"]),
     "ApplyIPAdapter": ("Apply IP-Adapter", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
@@ -79,6 +83,7 @@ def test_public_surface_is_unchanged(ext):
 # Option lists other graphs (and the workflow converter) rely on, written out: (node, input, options, default).
 SCALINGS = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
 OPTIONS = [
+    ("EncodeImagePromptTiled", "tile_mode", ["tiles", "enhancer"], "tiles"),
     ("EncodeImagePrompt", "interpolation", ["bicubic", "lanczos", "bilinear", "nearest"], "bicubic"),
     ("ApplyIPAdapterAdvanced", "embeds_scaling", SCALINGS, "V only"),
     ("ApplyIPAdapterStyleComposition", "embeds_scaling", SCALINGS, "V only"),
