@@ -8,13 +8,14 @@ from .frame_weights import IPAdapterCrossfadeBatches, IPAdapterFrameWeights
 from .image_prompt_files import LoadImagePrompt, SaveImagePrompt
 from .load_ipadapter import LoadIPAdapter
 from .noise_image import ImagePromptNoise
+from .regional_prompt import IPAdapterRegionalPrompt
 from .sockets import ComfyExtension
 
 files.register_model_folder()  # models/ipadapter, before any schema lists its files
 
 NODES = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ApplyIPAdapterAdvanced, CombineImagePrompts,
          ImagePromptNoise, SaveImagePrompt, LoadImagePrompt, IPAdapterFrameWeights, IPAdapterCrossfadeBatches,
-         ApplyIPAdapterStyleComposition, EncodeImagePromptTiled]
+         ApplyIPAdapterStyleComposition, EncodeImagePromptTiled, IPAdapterRegionalPrompt]
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}  # for scripts and tests
 
 

@@ -164,6 +164,18 @@ def _tiled_prompt(w):
                                     regions=torch.ones(p.count, 8, 8)))
 
 
+def _regional(w, **over):
+    half = torch.zeros(1, 16, 16)
+    half[:, :, :8] = 1.0
+    inputs = {"model": ("MODEL", w["model"]), "ipadapter": ("IPADAPTER", w["adapter"]),
+              "positive": ("CONDITIONING", [[torch.zeros(1, 5, CTX), {}]]),
+              "negative": ("CONDITIONING", [[torch.zeros(1, 5, CTX), {}]]), "weight": 1.0, "prompt_weight": 1.0,
+              "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
+              "image_prompt_1": ("IMAGE_PROMPT", w["prompt"]), "mask_1": ("MASK", half)}
+    inputs.update(over)
+    return _graph(w, "IPAdapterRegionalPrompt", {k: v for k, v in inputs.items() if v is not None})
+
+
 def _load(w, name):
     return _graph(w, "LoadIPAdapter", {"ipadapter_name": name})
 
@@ -332,6 +344,17 @@ CASES = [
          ("enhance_ratio is nan",)),
     Case("NaN pixels in a tiled reference", lambda w: _tiled(w, image=("IMAGE", torch.full((1, 32, 80, 3), NAN))),
          _tiled, "execution", ("image has", "NaN/Inf pixel")),
+    # IP-Adapter Regional Prompt
+    Case("regional prompt_weight NaN", lambda w: _regional(w, prompt_weight=NAN), _regional, "validation",
+         ("prompt_weight is nan",)),
+    Case("regional prompt_weight beyond 10", lambda w: _regional(w, prompt_weight=11.0), _regional, "validation",
+         ("prompt_weight is 11.0", "outside 0.0…10.0")),
+    Case("a region without its mask", lambda w: _regional(w, mask_1=None), _regional, "execution",
+         ("region 1", "no mask", "connect mask_1")),
+    Case("no region at all", lambda w: _regional(w, image_prompt_1=None, mask_1=None), _regional, "execution",
+         ("no region", "connect image_prompt_1 and mask_1")),
+    Case("a region mask with NaN", lambda w: _regional(w, mask_1=("MASK", _nan_mask())), _regional, "execution",
+         ("mask_1 has 1 NaN/Inf",)),
     # Apply IP-Adapter (Style & Composition)
     Case("weight_style NaN", lambda w: _style_composition(w, weight_style=NAN), _style_composition, "validation",
          ("weight_style is nan", "finite")),

@@ -190,3 +190,32 @@ def test_a_tiled_prompt_acts_tile_by_tile_in_its_regions(ext, pair, tmp_path):
     assert rel_err(tiled_log[first][0], joined_log[first][0]) > 1e-2  # not the tiles' tokens concatenated
     with pytest.raises(ext.ipadapter_core.InputError, match="cannot be unfolded"):
         _apply(ext, patcher, adapter, tiled, unfold_batch=True)
+
+
+def test_regional_prompt_node_is_masked_applies_and_masked_texts(ext, pair, tmp_path):
+    from parity_models import host_eps
+    patcher, _, info = pair
+    adapter = _adapter(ext, info, tmp_path)
+    first, second = random_prompt(ext, 1, 6), random_prompt(ext, 1, 7)
+    left = torch.zeros(1, 16, 16)
+    left[:, :, :8] = 1.0
+    g = torch.Generator().manual_seed(5)
+    ctx, text_1, text_2, neg = (torch.randn(1, 5, 32, generator=g) for _ in range(4))
+    positive, negative = [[ctx, {}]], [[neg, {}]]
+    node = ext.nodes.NODE_CLASS_MAPPINGS["IPAdapterRegionalPrompt"]
+    with torch.inference_mode():
+        model, pos, neg_out = node.execute(
+            patcher, adapter, positive, negative, 0.9, 0.7, 0.0, 1.0, "V only", image_prompt_1=first, mask_1=left,
+            text_1=[[text_1, {}]], image_prompt_2=second, mask_2=1 - left, text_2=[[text_2, {}]]).args
+    assert neg_out is negative and pos[0] is positive[0] and len(pos) == 3
+    for entry, text, mask in ((pos[1], text_1, left), (pos[2], text_2, 1 - left)):
+        assert entry[0] is text and torch.equal(entry[1]["mask"], mask) and entry[1]["mask_strength"] == 0.7
+        assert entry[1]["set_area_to_bounds"] is False
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    by_hand = _apply(ext, _apply(ext, patcher, adapter, first, 0.9, attn_mask=left), adapter, second, 0.9,
+                     attn_mask=1 - left)
+    for a, b in zip(host_eps(model, x, 1.7, [ctx, neg]), host_eps(by_hand, x, 1.7, [ctx, neg])):
+        assert torch.equal(a, b)
+    with pytest.raises(ext.ipadapter_core.InputError, match="region 2 .* no mask: connect mask_2"):
+        node.execute(patcher, adapter, positive, negative, 0.9, 0.7, 0.0, 1.0, "V only", image_prompt_1=first,
+                     mask_1=left, text_2=[[text_2, {}]])

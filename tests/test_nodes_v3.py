@@ -21,6 +21,13 @@ PUBLIC = {
         ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("tile_mode", "COMBO", True),
         ("enhance_ratio", "FLOAT", True), ("enhance_tiles", "INT", True), ("sharpening", "FLOAT", True),
         ("batch_size", "INT", True), ("negative_image", "IMAGE", False)], ["IMAGE_PROMPT", "MASK", "IMAGE"]),
+    "IPAdapterRegionalPrompt": ("IP-Adapter Regional Prompt", [
+        ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("positive", "CONDITIONING", True),
+        ("negative", "CONDITIONING", True), ("weight", "FLOAT", True), ("prompt_weight", "FLOAT", True),
+        ("start_at", "FLOAT", True), ("end_at", "FLOAT", True), ("embeds_scaling", "COMBO", True),
+        *((f"{name}_{i}", kind, False) for i in range(1, 5) for name, kind in (
+            ("image_prompt", "IMAGE_PROMPT"), ("mask", "MASK"), ("text", "CONDITIONING")))],
+        ["MODEL", "CONDITIONING", "CONDITIONING"]),
     "ApplyIPAdapter": ("Apply IP-Adapter", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
