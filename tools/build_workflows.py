@@ -393,6 +393,92 @@ l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "enco
       ("encode", "IMAGE_PROMPT", "apply", "image_prompt_composition")]
 WORKFLOWS["style_composition"] = (n, l)
 
+WORKFLOWS["encode_sharpening"] = control_graph(BASE15, f"""## Interpolation and sharpening before the encoder
+
+Encode Image Prompt's `interpolation` resizes the reference to the encoder's input with another filter (`lanczos`
+here; `bicubic` is the host's own resize) and `sharpening` applies contrast-adaptive sharpening after it, as
+ComfyUI_IPAdapter_plus's Prep Image For ClipVision does: fine detail survives the downscale better.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/encode_sharpening", encode_widgets={"fit": "center crop", "batch_size": 8, "interpolation": "lanczos",
+                                                   "sharpening": 0.4})
+
+n, l = control_graph(BASE15, f"""## Tiled reference (far from square)
+
+**Encode Image Prompt (Tiled)** with `tiles`: the wide reference is resized to a short side of 256 and cut into
+overlapping 256 x 256 tiles; each tile is one image of the prompt with its own region, and Apply IP-Adapter gives each
+tile's tokens only to its part of the picture (the latent here has the reference's proportions). `masks` shows the
+regions. As ComfyUI_IPAdapter_plus's IPAdapterTiled.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/tiled_reference", image="example_wide.png")
+for x in n:
+    if x["id"] == "encode":
+        x["type"] = "EncodeImagePromptTiled"
+        x["widgets"] = {"tile_mode": "tiles", "enhance_ratio": 1.0, "enhance_tiles": 2, "sharpening": 0.0,
+                        "batch_size": 8}
+    if x["id"] == "latent":
+        x["widgets"].update(width=768, height=320)
+WORKFLOWS["tiled_reference"] = (n, l)
+
+n, l = control_graph(PLUS15, f"""## CLIP vision enhancer
+
+**Encode Image Prompt (Tiled)** with `enhancer`: the reference is also encoded as 2 x 2 tiles, whose patch tokens,
+pooled back to the encoder's grid, are blended with the full image's (`enhance_ratio` 0.5: half each): more detail
+for plus adapters, which read the patch tokens. As ComfyUI_IPAdapter_plus's ClipVision Enhancer.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/clipvision_enhancer")
+for x in n:
+    if x["id"] == "encode":
+        x["type"] = "EncodeImagePromptTiled"
+        x["widgets"] = {"tile_mode": "enhancer", "enhance_ratio": 0.5, "enhance_tiles": 2, "sharpening": 0.0,
+                        "batch_size": 8}
+WORKFLOWS["clipvision_enhancer"] = (n, l)
+
+n, l = control_graph(BASE15, f"""## Regional prompts (image and text per region)
+
+**IP-Adapter Regional Prompt**: the left half gets the first reference and the text "a red house", the right half
+the second reference (**Load Image (right)**) and "a green tree"; the positive prompt applies to the whole picture.
+Each image prompt acts only inside its mask, each text is masked the same way (the host's conditioning mask at
+`prompt_weight`). Up to four regions; the masks here come from **Solid Mask**, **Mask Composite** and **Invert Mask**.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/regional_prompt", text="a garden, best quality", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (right)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+    dict(id="blank", type="SolidMask", col=0, widgets={"value": 0.0, "width": 512, "height": 512}),
+    dict(id="half", type="SolidMask", col=0, widgets={"value": 1.0, "width": 256, "height": 512}),
+    dict(id="left", type="MaskComposite", col=1, widgets={"x": 0, "y": 0, "operation": "add"}),
+    dict(id="right", type="InvertMask", col=1),
+    dict(id="text1", type="CLIPTextEncode", col=2, widgets={"text": "a red house"}, title="Text (left)",
+         size=[400, 120]),
+    dict(id="text2", type="CLIPTextEncode", col=2, widgets={"text": "a green tree"}, title="Text (right)",
+         size=[400, 120]),
+])
+for x in n:
+    if x["id"] == "apply":
+        x["type"] = "IPAdapterRegionalPrompt"
+        x["widgets"] = {"weight": 1.0, "prompt_weight": 1.0, "start_at": 0.0, "end_at": 1.0,
+                        "embeds_scaling": "V only"}
+l = [x for x in l if x[2:] not in (("apply", "image_prompt"), ("sampler", "positive"), ("sampler", "negative"),
+                                   ("sampler", "model"))]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("blank", "MASK", "left", "destination"), ("half", "MASK", "left", "source"), ("left", "MASK", "right", "mask"),
+      ("ckpt", "CLIP", "text1", "clip"), ("ckpt", "CLIP", "text2", "clip"),
+      ("pos", "CONDITIONING", "apply", "positive"), ("neg", "CONDITIONING", "apply", "negative"),
+      ("encode", "IMAGE_PROMPT", "apply", "image_prompt_1"), ("left", "MASK", "apply", "mask_1"),
+      ("text1", "CONDITIONING", "apply", "text_1"),
+      ("encode2", "IMAGE_PROMPT", "apply", "image_prompt_2"), ("right", "MASK", "apply", "mask_2"),
+      ("text2", "CONDITIONING", "apply", "text_2"),
+      ("apply", 0, "sampler", "model"), ("apply", 1, "sampler", "positive"), ("apply", 2, "sampler", "negative")]
+WORKFLOWS["regional_prompt"] = (n, l)
+
 
 JS = """(spec) => {
   app.graph.clear();
