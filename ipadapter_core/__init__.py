@@ -23,10 +23,12 @@ __all__ = [
     "AdapterFileError", "AdapterSpec", "atomic_write", "Branch", "branches_from_tokens", "build_branches",
     "build_projection", "check_custom_weights", "check_filename_prefix", "check_frame_weights", "check_images",
     "check_mask", "choice", "COMBINE_METHODS", "combine_prompts", "crossfade", "CROSSFADE_METHODS", "curve_values",
-    "CURVES", "detect_spec", "EMBEDS_SCALINGS", "INCUMBENT_WEIGHT_TYPES", "scale_keys_values", "swapped_layers", "EncoderMismatchError", "FAMILY_CONTEXT_DIM", "family_for_layers", "FAMILY_NAMES",
+    "CURVES", "detect_spec", "EncoderMismatchError", "FAMILY_CONTEXT_DIM", "family_for_layers", "FAMILY_NAMES",
     "finite_number", "finite_tensors", "FIT_MODES", "frame_curve", "FrameWeights", "ImagePrompt", "InputError",
     "IPAdapterError", "IPAdapterModel", "IPAttentionPatch", "IPLayer", "LAYER_PRESETS", "layer_weights",
     "LayerSite", "LAYOUTS", "load_adapter_file", "load_image_prompt", "ModelMismatchError", "noise_image",
     "NOISE_KINDS", "number_list", "read_adapter_file", "save_adapter_file", "save_image_prompt", "sdpa_attention",
     "square_images", "TIMINGS", "UnsupportedAdapterError", "whole_number", "with_default_uncond",
+    # the controls of ComfyUI_IPAdapter_plus
+    "EMBEDS_SCALINGS", "INCUMBENT_WEIGHT_TYPES", "scale_keys_values", "swapped_layers",
 ]

@@ -81,7 +81,8 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                 *_common_inputs(),
                 io.Combo.Input("layer_weights", options=list(LAYER_PRESETS), default="linear", tooltip=(
                     "Which layers the image prompt acts on and how strongly: the same weight everywhere, curves "
-                    "over depth, InstantStyle's style / composition blocks, or custom.")),
+                    "over depth, InstantStyle's style / composition blocks, custom, or the weight types of "
+                    "ComfyUI_IPAdapter_plus (by block; the precise ones also steer the uncond pass).")),
                 io.Float.Input("composition_weight", default=1.0, min=low, max=high, step=0.05,
                                tooltip="Weight of the composition layers in 'style and composition'."),
                 io.String.Input("custom_layer_weights", default="", multiline=True, tooltip=(
