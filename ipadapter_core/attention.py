@@ -5,6 +5,7 @@
 K'/V', weights, sigma range, masks) is resolved before sampling; the call only selects the rows of its frames
 (``frames.py``), projects per-frame tokens for those rows, attends and adds.
 """
+import functools
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .adapter import IPAdapterModel
-from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask  # noqa: F401
+from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask, long_tensor  # noqa: F401
 from .image_prompt import ImagePrompt
 
 
@@ -189,9 +190,15 @@ def _keys_values(branch: Branch, rows: CallRows, device, dtype) -> tuple[torch.T
     if inverse is not None:
         k, v = k.index_select(0, inverse), v.index_select(0, inverse)
     if branch.cond_as_uncond:
-        keep = torch.tensor([float(c == 1) for c in chunks for _ in range(rows.per)], device=device, dtype=dtype)
-        k, v = k * keep[:, None, None], v * keep[:, None, None]  # (B, N, inner)
+        keep = _uncond_rows(chunks, rows.per, torch.device(device)).to(dtype)[:, None, None]  # (B, 1, 1)
+        k, v = k * keep, v * keep  # (B, N, inner)
     return k, v
+
+
+@functools.lru_cache(maxsize=64)
+def _uncond_rows(chunks: tuple[int, ...], per: int, device: torch.device) -> torch.Tensor:
+    """(B,) 1 on the uncond rows, 0 on the others; built once per call layout and device."""
+    return long_tensor((int(c == 1) for c in chunks for _ in range(per)), device)
 
 
 class IPAttentionPatch:
