@@ -7,5 +7,6 @@ time, so ``locate`` works before the host is on ``sys.path``.
 - ``vision``: CLIP vision encoding into an ImagePrompt, the once-per-encoder unconditional image.
 - ``unet``: the host UNet's cross-attention layers by patch key, its family, fit checks.
 - ``patching``: Apply IP-Adapter on a model clone (policy resolved to data, patches through the host's API).
+- ``regions``: IP-Adapter Regional Prompt (each region's image prompt under its mask, its text masked alike).
 - ``loaders``: the host's checkpoint / CLIP vision loaders and sampler, for training and its validation.
 """

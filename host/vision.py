@@ -1,13 +1,17 @@
 """CLIP vision encoding through the host's encoder: reference images -> an ImagePrompt (cond and uncond)."""
 import weakref
+from dataclasses import dataclass, replace
 
 import torch
 
 import comfy.model_management
 import comfy.utils
 
-from ..ipadapter_core import (FIT_MODES, ImagePrompt, InputError, check_images, choice, square_images,
-                              with_default_uncond)
+from ..ipadapter_core import (FIT_MODES, ImagePrompt, InputError, check_images, choice, finite_number,
+                              square_images, with_default_uncond)
+from ..ipadapter_core.checks import FRACTION_RANGE
+from ..ipadapter_core import tiles
+from ..ipadapter_core.image_ops import INTERPOLATIONS, resize_images, sharpen
 
 MAX_BATCH = 256  # the node's batch_size widget
 
@@ -29,7 +33,20 @@ def zero_image_hidden(clip_vision) -> torch.Tensor:
     return cached
 
 
-def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int
+@dataclass(frozen=True)
+class Prep:
+    """How images are brought to the encoder's size: the host's own resize (bicubic, no sharpening: the default)
+    or ours, with another interpolation and/or sharpening (docs/inference.md#sharpening)."""
+    interpolation: str = "bicubic"
+    sharpening: float = 0.0
+
+    def __call__(self, chunk: torch.Tensor, size: int) -> torch.Tensor:
+        if self.interpolation == "bicubic" and self.sharpening == 0:
+            return chunk  # the host's encode_image resizes it
+        return sharpen(resize_images(chunk[..., :3].float(), size, self.interpolation), self.sharpening)
+
+
+def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int, prep: Prep = Prep()
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W), ``batch_size`` images at a
     time so that only one chunk's activations are ever held."""
@@ -37,7 +54,8 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
     n = image.shape[0]
     embeds = hidden = None
     for i in range(0, n, batch_size):
-        out = clip_vision.encode_image(image[i:i + batch_size], crop=fit != "squash")
+        chunk = prep(image[i:i + batch_size], clip_vision.image_size)
+        out = clip_vision.encode_image(chunk, crop=fit != "squash")
         chunk_embeds, chunk_hidden = out["image_embeds"], out["penultimate_hidden_states"]
         if hidden is None:  # filled in place: no list of chunks and no concatenated copy of it
             embeds = chunk_embeds.new_empty((n, *chunk_embeds.shape[1:]))  # (n, E)
@@ -50,6 +68,11 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
 def encode_hidden(clip_vision, image: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Penultimate hidden states (n, P, W) of square images (n, S, S, 3), ``batch_size`` at a time."""
     return _encode(clip_vision, image, comfy.utils.ProgressBar(image.shape[0]), "center crop", batch_size)[1]
+
+
+def check_prep(interpolation, sharpening) -> Prep:
+    choice("interpolation", interpolation, INTERPOLATIONS)
+    return Prep(interpolation, finite_number("sharpening", sharpening, *FRACTION_RANGE))
 
 
 def check_inputs(clip_vision, image, negative_image, fit: str, batch_size: int) -> None:
@@ -70,16 +93,80 @@ def check_batch_size(batch_size) -> None:
 
 
 def encode_image_prompt(clip_vision, image: torch.Tensor, negative_image: torch.Tensor | None = None,
-                        fit: str = "center crop", batch_size: int = 8) -> ImagePrompt:
+                        fit: str = "center crop", batch_size: int = 8, interpolation: str = "bicubic",
+                        sharpening: float = 0.0) -> ImagePrompt:
     check_inputs(clip_vision, image, negative_image, fit, batch_size)
+    prep = check_prep(interpolation, sharpening)
     count = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
     progress = comfy.utils.ProgressBar(count)
-    embeds, hidden = _encode(clip_vision, image, progress, fit, batch_size)
+    embeds, hidden = _encode(clip_vision, image, progress, fit, batch_size, prep)
     if negative_image is None:
         return with_default_uncond(embeds, hidden, zero_image_hidden(clip_vision))
-    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, fit, batch_size)
+    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, fit, batch_size, prep)
     n = embeds.shape[0]
     if neg_embeds.shape[0] not in (1, n):
         raise InputError(f"negative_image has {neg_embeds.shape[0]} images for {n} reference images: give one "
                          "negative image, or one per reference image")
     return ImagePrompt(embeds, hidden, neg_embeds.expand(n, -1), neg_hidden.expand(n, -1, -1))
+
+
+TILE_MODES = ("tiles", "enhancer")
+MAX_ENHANCE_TILES = 16
+
+
+@dataclass(frozen=True)
+class TiledPrompt:
+    prompt: ImagePrompt
+    masks: torch.Tensor  # (T, H, W): each tile's part of the picture (enhancer: one full mask)
+    tiles: torch.Tensor  # (T * n, h, w, 3): the images encoded as tiles
+
+
+def check_tiled(tile_mode, enhance_ratio, enhance_tiles) -> None:
+    choice("tile_mode", tile_mode, TILE_MODES)
+    finite_number("enhance_ratio", enhance_ratio, *FRACTION_RANGE)
+    if isinstance(enhance_tiles, bool) or not isinstance(enhance_tiles, int) or not \
+            2 <= enhance_tiles <= MAX_ENHANCE_TILES:
+        raise InputError(f"enhance_tiles is {enhance_tiles!r}: give a whole number from 2 to {MAX_ENHANCE_TILES}")
+
+
+def _negative(clip_vision, negative_image, embeds, hidden, progress, batch_size, prep, repeat=1) -> ImagePrompt:
+    """The prompt of ``embeds``/``hidden`` (n·repeat images) with the default negative or ``negative_image`` (one,
+    or one per reference image: repeated for each of the ``repeat`` tiles)."""
+    if negative_image is None:
+        return with_default_uncond(embeds, hidden, zero_image_hidden(clip_vision))
+    neg_embeds, neg_hidden = _encode(clip_vision, negative_image, progress, "center crop", batch_size, prep)
+    n = embeds.shape[0] // repeat
+    if neg_embeds.shape[0] not in (1, n):
+        raise InputError(f"negative_image has {neg_embeds.shape[0]} images for {n} reference images: give one "
+                         "negative image, or one per reference image")
+    if neg_embeds.shape[0] == n and repeat > 1:
+        neg_embeds, neg_hidden = neg_embeds.repeat(repeat, 1), neg_hidden.repeat(repeat, 1, 1)  # tile by tile
+    m = embeds.shape[0]
+    return ImagePrompt(embeds, hidden, neg_embeds.expand(m, -1), neg_hidden.expand(m, -1, -1))
+
+
+def encode_tiled(clip_vision, image, negative_image=None, tile_mode: str = "tiles", enhance_ratio: float = 1.0,
+                 enhance_tiles: int = 2, sharpening: float = 0.0, batch_size: int = 8) -> TiledPrompt:
+    """``tiles``: the reference cut into square tiles, one image per tile, each acting on its own region of the
+    picture; ``enhancer``: the full image's features blended with its tiles' (docs/inference.md#tiled-encoding)."""
+    check_inputs(clip_vision, image, negative_image, "center crop", batch_size)
+    check_tiled(tile_mode, enhance_ratio, enhance_tiles)
+    prep = check_prep("bicubic", sharpening)
+    progress = comfy.utils.ProgressBar(image.shape[0] * (1 + enhance_tiles ** 2))
+    n = image.shape[0]
+    if tile_mode == "tiles":
+        layout = tiles.tile_layout(image[..., :3].float())
+        pieces = tiles.tiles_of(layout)  # (T * n, TILE, TILE, 3), tile by tile
+        embeds, hidden = _encode(clip_vision, pieces, progress, "center crop", batch_size, prep)
+        count = len(layout.boxes)
+        prompt = _negative(clip_vision, negative_image, embeds, hidden, progress, batch_size, prep, count)
+        regions = layout.masks.repeat_interleave(n, 0)  # (T * n, H, W)
+        return TiledPrompt(replace(prompt, regions=regions), layout.masks, pieces)
+    square = square_images(image, "center crop")
+    embeds, hidden = _encode(clip_vision, square, progress, "center crop", batch_size, prep)
+    pieces = tiles.split_grid(square, enhance_tiles)  # (n * tiles², h, w, 3)
+    tile_embeds, tile_hidden = _encode(clip_vision, pieces, progress, "center crop", batch_size, prep)
+    embeds = tiles.merge_tile_embeds(embeds, tile_embeds, enhance_tiles, enhance_ratio)
+    hidden = tiles.merge_tile_hidden(hidden, tile_hidden, enhance_tiles, enhance_ratio)
+    prompt = _negative(clip_vision, negative_image, embeds, hidden, progress, batch_size, prep)
+    return TiledPrompt(prompt, torch.ones(1, *square.shape[1:3]), pieces)

@@ -5,6 +5,7 @@
 K'/V', weights, sigma range, masks) is resolved before sampling; the call only selects the rows of its frames
 (``frames.py``), projects per-frame tokens for those rows, attends and adds.
 """
+import functools
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .adapter import IPAdapterModel
-from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask  # noqa: F401
+from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask, long_tensor  # noqa: F401
+from .image_prompt import ImagePrompt
 
 
 def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):
@@ -42,6 +44,8 @@ class Branch:
     schedule: tuple[torch.Tensor, torch.Tensor] | None = None  # (sigmas (K,) descending, multipliers (K,))
     frames: FrameData | None = None  # per-frame tokens, masks, weights (shared by the adapter's layers)
     projection: tuple[torch.Tensor, torch.Tensor] | None = None  # (W'k, W'v) when the tokens are held
+    scaling: str = "V only"  # where the weight goes (EMBEDS_SCALINGS, docs/inference.md#embeds-scaling)
+    cond_as_uncond: bool = False  # a "precise" layer with tokens held: cond rows zero, uncond rows the cond sets
 
     def to(self, device=None, dtype=None) -> "Branch":
         """K'/V' on ``device`` in ``dtype``; W'k/W'v copied only to another device (on their own they are cast per
@@ -54,6 +58,26 @@ class Branch:
             projection = tuple(w.to(device=device, dtype=dtype) for w in projection)
         return replace(self, **dict(zip(("k_cond", "v_cond", "k_uncond", "v_uncond"), held)), schedule=schedule,
                        projection=projection)
+
+
+EMBEDS_SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+_PENALTY_WIDTH = 1280.0  # the "C penalty" divides the layer's key width C by this
+
+
+def scale_keys_values(mode: str, k: torch.Tensor, v: torch.Tensor, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """K'/V' (B, N, C) of the modes that weight the keys and values instead of the branch output ("V only"
+    leaves them as they are): ``K+V``: w·K', w·V'; with ``C penalty`` w' = w·C/1280; ``K+mean(V) w/ C penalty``:
+    w'·K' and (V' - mean(V')) + w'·mean(V'), the mean over the N tokens. ``weight``: a number or (B, 1, 1)."""
+    if mode == "V only":
+        return k, v
+    if mode not in EMBEDS_SCALINGS:
+        raise ValueError(f"unknown embeds scaling {mode!r}; choose one of {', '.join(EMBEDS_SCALINGS)}")
+    if mode != "K+V":
+        weight = weight * (k.shape[-1] / _PENALTY_WIDTH)
+    if mode == "K+mean(V) w/ C penalty":
+        mean = v.mean(dim=1, keepdim=True)  # (B, 1, C)
+        return k * weight, (v - mean) + mean * weight
+    return k * weight, v * weight
 
 
 def _rows(features, start: int, stop: int | None = None):
@@ -124,15 +148,17 @@ def build_branches(adapter: IPAdapterModel, prompt, weight: float,
                    sigma_range: tuple[float, float] | None = None, unfold: bool = False, *,
                    layer_weights: Mapping[int, float] | None = None,
                    schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   mask: torch.Tensor | None = None, frame_weights=None,
-                   shortcut_weight: float = 1.0) -> dict[int, Branch]:
+                   mask: torch.Tensor | None = None, frame_weights=None, swapped=frozenset(),
+                   scaling: str = "V only", shortcut_weight: float = 1.0) -> dict[int, Branch]:
     """The branches of every layer the adapter acts on (``layer_weights``: {N: weight}, default ``weight`` on
     every layer; layers left out get none). The images are projected to tokens once, here.
 
     Several reference images: their tokens are concatenated (one longer image prompt), or with ``unfold`` image i
     conditions frame i. One token set for all rows: its K'/V' are computed here, once. One set per frame: only the
     tokens are kept (``FrameData``, shared by the layers), and each call projects the sets of its own rows.
-    ``mask`` (M, H, W) and ``frame_weights`` (F,) are per frame as well (M or F = 1: every frame).
+    ``mask`` (M, H, W) and ``frame_weights`` (F,) are per frame as well (M or F = 1: every frame). On the
+    ``swapped`` layers the cond rows get zero tokens and the uncond rows the cond tokens (the "precise" presets);
+    ``scaling`` is where the weight acts (EMBEDS_SCALINGS).
     ``shortcut_weight``: FaceID Plus v2's shortcut (ignored by other adapters)."""
     prompt.check_fits(adapter.spec)
     tokens, cond_sets = prompt_tokens(adapter, prompt, unfold, shortcut_weight)
@@ -149,7 +175,17 @@ def build_branches(adapter: IPAdapterModel, prompt, weight: float,
                     for n, layer in adapter.ip_adapter.items() if layer.has_ip and int(n) in weights}
     else:
         branches = branches_from_tokens(adapter, tokens[:1], tokens[1:], weight, sigma_range, layers=weights)
-    return {n: replace(b, weight=weights[n], schedule=schedule, frames=frames) for n, b in branches.items()}
+    branches = {n: replace(b, weight=weights[n], schedule=schedule, frames=frames, scaling=scaling)
+                for n, b in branches.items()}
+    return {n: _swap(b) if n in swapped else b for n, b in branches.items()}
+
+
+def _swap(branch: Branch) -> Branch:
+    """The cond tokens as uncond, zero tokens (so K' = V' = 0) as cond: resolved here when K'/V' are held."""
+    if branch.projection is not None:
+        return replace(branch, cond_as_uncond=True)
+    return replace(branch, k_cond=torch.zeros_like(branch.k_cond), v_cond=torch.zeros_like(branch.v_cond),
+                   k_uncond=branch.k_cond, v_uncond=branch.v_cond)
 
 
 def branches_from_tokens(adapter: IPAdapterModel, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
@@ -168,12 +204,24 @@ def _keys_values(branch: Branch, rows: CallRows, device, dtype) -> tuple[torch.T
     if branch.projection is None:
         return (chunk_rows(branch.k_cond, branch.k_uncond, rows),
                 chunk_rows(branch.v_cond, branch.v_uncond, rows))
+    chunks = rows.chunks
+    if branch.cond_as_uncond:  # every row reads its frame's cond set; the cond rows' keys/values are then zeroed
+        rows = replace(rows, chunks=(0,) * len(chunks))
     tokens, inverse = branch.frames.call_tokens(rows, device, dtype)  # (U, N, C), (B,) or None
     w_k, w_v = branch.projection
     k, v = F.linear(tokens, w_k.to(dtype)), F.linear(tokens, w_v.to(dtype))  # (U, N, inner)
     if inverse is not None:
         k, v = k.index_select(0, inverse), v.index_select(0, inverse)
+    if branch.cond_as_uncond:
+        keep = _uncond_rows(chunks, rows.per, torch.device(device)).to(dtype)[:, None, None]  # (B, 1, 1)
+        k, v = k * keep, v * keep  # (B, N, inner)
     return k, v
+
+
+@functools.lru_cache(maxsize=64)
+def _uncond_rows(chunks: tuple[int, ...], per: int, device: torch.device) -> torch.Tensor:
+    """(B,) 1 on the uncond rows, 0 on the others; built once per call layout and device."""
+    return long_tensor((int(c == 1) for c in chunks for _ in range(per)), device)
 
 
 class IPAttentionPatch:
@@ -232,6 +280,9 @@ class IPAttentionPatch:
         sigmas = extra_options.get("sigmas")
         for branch in placed:
             k_ip, v_ip = _keys_values(branch, rows, q.device, q.dtype)  # (B, N, inner)
+            if branch.scaling != "V only":
+                out = out + self._scaled_branch(branch, q, k_ip, v_ip, rows, sigmas, extra_options)
+                continue
             ip = self.attention(q, k_ip, v_ip, heads, attn_precision=precision, transformer_options=extra_options)
             frames = branch.frames
             if frames is not None and frames.mask is not None:
@@ -241,15 +292,34 @@ class IPAttentionPatch:
             out = out + ip * _scale(branch, sigmas, out.dtype)
         return out
 
+    def _scaled_branch(self, branch: Branch, q, k_ip, v_ip, rows, sigmas, extra_options):
+        """A branch whose weight (× curve × frame weight) scales K'/V' (scale_keys_values); the sigma range and
+        the mask still multiply the output, so outside them it adds exactly nothing."""
+        weight = _scale(branch, sigmas, q.dtype, gate=False)
+        frames = branch.frames
+        if frames is not None and frames.weights is not None:
+            weight = weight * frames.row_weights(rows, q.device, q.dtype)  # (B, 1, 1)
+        k_ip, v_ip = scale_keys_values(branch.scaling, k_ip, v_ip, weight)
+        ip = self.attention(q, k_ip, v_ip, extra_options["n_heads"], attn_precision=extra_options.get(
+            "attn_precision"), transformer_options=extra_options)
+        if frames is not None and frames.mask is not None:
+            ip = ip * frames.row_mask(rows, q.shape[1], extra_options.get("original_shape"), q.device, q.dtype)
+        if branch.sigma_range is not None and sigmas is not None:
+            start, end = branch.sigma_range
+            sigma = sigmas[:1]
+            ip = ip * ((sigma <= start) & (sigma >= end)).to(ip.dtype)
+        return ip
 
-def _scale(branch: Branch, sigmas, dtype):
-    """The branch weight, times the weight curve, gated by the sigma range on the device (no host sync)."""
-    if sigmas is None or (branch.sigma_range is None and branch.schedule is None):
+
+def _scale(branch: Branch, sigmas, dtype, gate: bool = True):
+    """The branch weight, times the weight curve, gated (``gate``) by the sigma range on the device (no host
+    sync)."""
+    if sigmas is None or ((branch.sigma_range is None or not gate) and branch.schedule is None):
         return branch.weight
     sigma = sigmas[:1]  # (1,): every row of one model call shares the step
     scale = torch.full_like(sigma, branch.weight) if branch.schedule is None else \
         branch.weight * _interpolate(sigma, *branch.schedule)
-    if branch.sigma_range is not None:
+    if branch.sigma_range is not None and gate:
         start, end = branch.sigma_range
         scale = scale * ((sigma <= start) & (sigma >= end))
     return scale.to(dtype)

@@ -34,7 +34,10 @@ def whole_number(name: str, value, low: int, high: int) -> int:
 
 def choice(name: str, value, options) -> str:
     if value not in options:
-        raise InputError(f"{name}: {value!r} is not one of the options ({', '.join(map(str, options))}): pick one")
+        listed = ", ".join(map(str, options))
+        if len(listed) > 200:  # a long list (the layer presets): the first ones, the rest are in the widget
+            listed = ", ".join(map(str, list(options)[:8])) + f" and {len(options) - 8} more listed in the widget"
+        raise InputError(f"{name}: {value!r} is not one of the options ({listed}): pick one")
     return value
 
 

@@ -34,6 +34,11 @@ class FacePrompt:
         return self.embeds.shape[0]
 
     @property
+    def regions(self) -> None:
+        """Faces have no tile regions (docs/inference.md#tiled-encoding): one branch for all of them."""
+        return None
+
+    @property
     def encoder(self) -> str:
         if self.hidden is None:
             return "a face prompt without face crops"

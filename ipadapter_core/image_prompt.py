@@ -15,11 +15,14 @@ class ImagePrompt:
     embeds (n, E): pooled, projected image embeddings. hidden (n, P, W): penultimate hidden states.
     uncond_*: the same for the CFG uncond rows (reference semantics: zero embeddings and the encoder's hidden
     states of the all-zero normalised pixel tensor, or a user's negative image).
+    regions (n, H, W) in [0, 1], or None: image i acts only inside region i (a tiled reference's tiles,
+    docs/inference.md#tiled-encoding); None: every image acts everywhere.
     """
     embeds: torch.Tensor
     hidden: torch.Tensor
     uncond_embeds: torch.Tensor
     uncond_hidden: torch.Tensor
+    regions: torch.Tensor | None = None
 
     def __post_init__(self):
         n = self.embeds.shape[0]
@@ -27,6 +30,13 @@ class ImagePrompt:
             raise ValueError("an image prompt needs as many uncond rows as reference images "
                              f"(embeds {n}, hidden {self.hidden.shape[0]}, uncond {self.uncond_embeds.shape[0]}"
                              f"/{self.uncond_hidden.shape[0]})")
+        if self.regions is not None and (self.regions.dim() != 3 or self.regions.shape[0] != n):
+            raise ValueError(f"an image prompt's regions must be (n, H, W) with n = {n} images, got "
+                             f"{tuple(self.regions.shape)}")
+
+    def image(self, i: int) -> "ImagePrompt":
+        """Image i alone (its region dropped: the caller applies it as a mask)."""
+        return ImagePrompt(*(getattr(self, name)[i:i + 1] for name in _FIELDS))
 
     @property
     def count(self) -> int:
@@ -38,7 +48,8 @@ class ImagePrompt:
         return ENCODERS_BY_HIDDEN_WIDTH.get(width, f"a CLIP vision model with hidden width {width}")
 
     def named_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return [(name, getattr(self, name)) for name in _FIELDS]
+        regions = [] if self.regions is None else [("regions", self.regions)]
+        return [(name, getattr(self, name)) for name in _FIELDS] + regions
 
     def features(self, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) features of the kind an adapter reads: "pooled" or "hidden"."""
@@ -73,7 +84,23 @@ def with_default_uncond(embeds: torch.Tensor, hidden: torch.Tensor, zero_image_h
     return ImagePrompt(embeds, hidden, torch.zeros_like(embeds), uncond_hidden)
 
 
-COMBINE_METHODS = ("concat", "average", "weighted average")
+COMBINE_METHODS = ("concat", "average", "weighted average", "add", "subtract", "norm average", "max", "min")
+_NORM_EPS = 1e-12  # norm average: a feature that is 0 in every image stays 0 instead of becoming NaN
+
+
+def _reduce(method: str, t: torch.Tensor) -> torch.Tensor:
+    """(n, ...) features of n images -> (1, ...) by one of the methods the incumbent's combine offers."""
+    if method == "add":
+        out = t.sum(0)
+    elif method == "subtract":  # the first image minus the mean of the others
+        out = t[0] - t[1:].mean(0)
+    elif method == "norm average":  # each feature divided by its norm over the images, then the mean
+        out = (t / t.norm(dim=0, keepdim=True).clamp_min(_NORM_EPS)).mean(0)
+    elif method == "max":
+        out = t.amax(0)
+    else:
+        out = t.amin(0)
+    return out[None]
 
 
 def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePrompt:
@@ -81,7 +108,10 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
 
     - ``concat``: every image stays (their tokens are concatenated, or one per latent row with batch unfold);
     - ``average``: one image whose features (and negative features) are the mean over the images;
-    - ``weighted average``: sum(w_i * f_i) / sum(w_i), one weight per image.
+    - ``weighted average``: sum(w_i * f_i) / sum(w_i), one weight per image;
+    - ``add``, ``subtract`` (f_1 - mean of the others), ``norm average`` (mean of f_i / ||f||, the norm over the
+      images, per feature), ``max``, ``min``: one image of those features, with the first image's negative (as
+      ComfyUI_IPAdapter_plus combines); a single image is kept as it is.
     """
     prompts = list(prompts)
     if not prompts:
@@ -96,8 +126,13 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
                                    "encoder the adapter needs")
     parts = [torch.cat([getattr(p, name) for p in prompts]) for name in _FIELDS]  # each (n, ...)
     if method == "concat":
-        return ImagePrompt(*parts)
+        return ImagePrompt(*parts, regions=_concat_regions(prompts))
     count = parts[0].shape[0]
+    if method in COMBINE_METHODS[3:]:
+        if count == 1:
+            return ImagePrompt(*parts)
+        embeds, hidden = _reduce(method, parts[0]), _reduce(method, parts[1])
+        return ImagePrompt(embeds, hidden, parts[2][:1], parts[3][:1])
     if method == "average":
         w = torch.full((count,), 1.0 / count)
     elif method == "weighted average":
@@ -105,6 +140,21 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     else:
         raise InputError(f"method: unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
     return ImagePrompt(*(torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts))  # (1, ...)
+
+
+def _concat_regions(prompts) -> torch.Tensor | None:
+    """The regions of concatenated prompts: None unless one has regions; then full regions for the images of those
+    without, every region resized (bilinear) to the first one's size."""
+    sized = [p.regions for p in prompts if p.regions is not None]
+    if not sized:
+        return None
+    h, w = sized[0].shape[-2:]
+    out = []
+    for p in prompts:
+        r = torch.ones(p.count, h, w) if p.regions is None else p.regions.float()
+        out.append(r if r.shape[-2:] == (h, w) else torch.nn.functional.interpolate(
+            r[:, None], size=(h, w), mode="bilinear")[:, 0])  # (n, h, w)
+    return torch.cat(out)
 
 
 def _normalised_weights(weights, count: int) -> torch.Tensor:
@@ -129,7 +179,8 @@ def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
     if not isinstance(prompt, ImagePrompt):
         raise InputError("image_prompt: a face prompt (Encode Face Prompt) cannot be saved as an image prompt file; "
                          "encode the faces again where they are used")
-    return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in _FIELDS}
+    names = _FIELDS + (("regions",) if prompt.regions is not None else ())
+    return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in names}
 
 
 def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
@@ -137,4 +188,4 @@ def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
     if missing:
         raise AdapterFileError(f"{source} is not a saved image prompt (missing {', '.join(missing)}): save one with "
                          "Save Image Prompt")
-    return ImagePrompt(*(tensors[name] for name in _FIELDS))
+    return ImagePrompt(*(tensors[name] for name in _FIELDS), regions=tensors.get("regions"))

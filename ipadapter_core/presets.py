@@ -22,8 +22,22 @@ COMPOSITION_BLOCKS: dict[str, dict[tuple[str, int], float]] = {
     "sd15": {("input", 8): 1.0, ("input", 7): 0.25},
 }
 
+# The first eight are this extension's own; the rest compute the weight types of the ComfyUI_IPAdapter_plus
+# extension, by block (docs/layers.md#the-incumbents-weight-types).
 LAYER_PRESETS = ("linear", "ease in", "ease out", "ease in-out", "style transfer", "composition",
-                 "style and composition", "custom")
+                 "style and composition", "custom",
+                 "ease in (incumbent)", "ease out (incumbent)", "ease in-out (incumbent)", "reverse in-out",
+                 "weak input", "weak middle", "weak output", "strong middle", "strong style transfer",
+                 "strong style and composition", "style transfer precise", "composition precise")
+# Its weight_type strings -> the preset computing the same weight per block.
+INCUMBENT_WEIGHT_TYPES: dict[str, str] = {
+    "linear": "linear", "ease in": "ease in (incumbent)", "ease out": "ease out (incumbent)",
+    "ease in-out": "ease in-out (incumbent)", "reverse in-out": "reverse in-out", "weak input": "weak input",
+    "weak output": "weak output", "weak middle": "weak middle", "strong middle": "strong middle",
+    "style transfer": "style transfer", "composition": "composition", "strong style transfer": "strong style transfer",
+    "style and composition": "style and composition", "style transfer precise": "style transfer precise",
+    "composition precise": "composition precise",
+}
 CURVES = ("constant", "ramp up", "ramp down", "smooth up", "smooth down")
 _FLOOR = 0.05  # the smallest multiplier of the depth curves: every layer keeps a little of the image prompt
 
@@ -52,6 +66,59 @@ def _blocks(family: str, table: dict[tuple[str, int], float], weight: float) -> 
     return {s.n: weight * table[s.key[:2]] for s in LAYOUTS[family] if s.key[:2] in table}
 
 
+def run_blocks(family: str) -> tuple[tuple[str, int], ...]:
+    """The blocks holding cross-attention, in the order the UNet runs them (input, middle, output). A block's
+    position here is the incumbent's layer index t (docs/layers.md#the-incumbents-weight-types)."""
+    return tuple(dict.fromkeys(s.key[:2] for s in forward_order(family)))
+
+
+_WEAK = 0.2  # the incumbent's multiplier of a weakened block group
+_OTHER = 0.1  # "composition precise": the blocks that are neither style nor composition
+# Depth curves over the block position t of n blocks.
+_INCUMBENT_CURVES = {
+    "ease in (incumbent)": lambda t, n: _FLOOR + (1 - _FLOOR) * (1 - t / n),  # full at the input
+    "ease out (incumbent)": lambda t, n: _FLOOR + (1 - _FLOOR) * t / n,  # full at the output
+    "ease in-out (incumbent)": lambda t, n: _FLOOR + (1 - _FLOOR) * (1 - abs(t - n / 2) / (n / 2)),
+    "reverse in-out": lambda t, n: _FLOOR + (1 - _FLOOR) * abs(t - n / 2) / (n / 2),
+}
+_WEAK_GROUPS = {"weak input": {"input"}, "weak middle": {"middle"}, "weak output": {"output"},
+                "strong middle": {"input", "output"}}
+_TABLE_PRESETS = ("strong style transfer", "strong style and composition", "style transfer precise",
+                  "composition precise")
+
+
+def _incumbent_blocks(family: str, preset: str, weight: float, composition_weight: float
+                      ) -> dict[tuple[str, int], float]:
+    """Block -> weight of the incumbent's weight types (they weight whole blocks, never single transformers)."""
+    blocks = run_blocks(family)
+    style, composition = STYLE_BLOCKS[family], COMPOSITION_BLOCKS[family]
+    if preset in _INCUMBENT_CURVES:
+        return {b: weight * _INCUMBENT_CURVES[preset](t, len(blocks)) for t, b in enumerate(blocks)}
+    if preset in _WEAK_GROUPS:
+        return {b: weight * (_WEAK if b[0] in _WEAK_GROUPS[preset] else 1.0) for b in blocks}
+    if preset == "strong style transfer":  # every block but the composition blocks
+        return {b: weight for b in blocks if b not in composition}
+    if preset == "strong style and composition":  # the composition blocks at composition_weight, unscaled
+        return {b: composition_weight if b in composition else weight for b in blocks}
+    if preset == "style transfer precise":
+        return {**{b: weight * m for b, m in composition.items()}, **{b: weight * m for b, m in style.items()}}
+    if preset == "composition precise":
+        return {b: weight * composition.get(b, style.get(b, _OTHER)) for b in blocks}
+    raise IPAdapterError(f"unknown layer weight preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
+
+
+def swapped_layers(family: str, preset: str) -> frozenset[int]:
+    """Layers whose cond rows get zero image tokens and whose uncond rows get the cond tokens (the "precise"
+    presets): there CFG steers away from the reference. docs/layers.md#precise-presets."""
+    if preset == "style transfer precise":
+        blocks = set(COMPOSITION_BLOCKS[family])
+    elif preset == "composition precise":
+        blocks = set(run_blocks(family)) - set(COMPOSITION_BLOCKS[family])
+    else:
+        return frozenset()
+    return frozenset(s.n for s in LAYOUTS[family] if s.key[:2] in blocks)
+
+
 def layer_weights(family: str, preset: str, weight: float, *, composition_weight: float = 1.0,
                   custom: str = "") -> dict[int, float]:
     """{layer N: weight} of the layers the adapter acts on; layers with weight 0 are left out."""
@@ -68,6 +135,9 @@ def layer_weights(family: str, preset: str, weight: float, *, composition_weight
                **_blocks(family, STYLE_BLOCKS[family], weight)}
     elif preset == "custom":
         out = {n: weight * w for n, w in parse_custom_weights(family, custom).items()}
+    elif preset in _INCUMBENT_CURVES or preset in _WEAK_GROUPS or preset in _TABLE_PRESETS:
+        table = _incumbent_blocks(family, preset, weight, composition_weight)
+        out = {s.n: table[s.key[:2]] for s in LAYOUTS[family] if s.key[:2] in table}
     else:
         raise IPAdapterError(f"unknown layer weight preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
     return {n: w for n, w in sorted(out.items()) if w != 0.0}

@@ -1,6 +1,7 @@
-"""Apply IP-Adapter and Apply IP-Adapter (Advanced): MODEL + IPADAPTER + IMAGE_PROMPT -> patched MODEL."""
+"""Apply IP-Adapter, Apply IP-Adapter (Advanced) and Apply IP-Adapter (Style & Composition): MODEL + IPADAPTER +
+IMAGE_PROMPT -> patched MODEL."""
 from ..host import patching
-from ..ipadapter_core import CURVES, LAYER_PRESETS, check_custom_weights, choice, finite_number
+from ..ipadapter_core import CURVES, EMBEDS_SCALINGS, LAYER_PRESETS, check_custom_weights, choice, finite_number
 from .sockets import CATEGORY, FRACTION_RANGE, WEIGHT_RANGE, FrameWeights, ImagePrompt, IPAdapter, io, verdict
 
 PATCHED = "A patched copy of the model; the input model is left unchanged."
@@ -24,6 +25,17 @@ def _common_inputs():
 MASK = io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only inside the mask (resized to "
                      "each layer's latent grid). Two masked adapters give regional image prompts. A batch of masks: "
                      "one per frame.")
+
+
+SCALING_TIP = ("Where the weight acts: on the image branch's output (V only), on its keys and values (K+V), the "
+               "same scaled by the layer width / 1280 (C penalty), or on the keys and the mean of the values.")
+
+
+def embeds_scaling_input(optional=True):
+    return io.Combo.Input("embeds_scaling", options=list(EMBEDS_SCALINGS), default="V only", optional=optional,
+                          tooltip=SCALING_TIP)
+
+
 FRAME_WEIGHTS = FrameWeights.Input("frame_weights", optional=True, tooltip=(
     "A multiplier of weight per frame (IP-Adapter Frame Weights or Crossfade Batches), by absolute frame also "
     "in context windows; fewer entries than frames: the last repeats."))
@@ -87,7 +99,8 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                 *_common_inputs(),
                 io.Combo.Input("layer_weights", options=list(LAYER_PRESETS), default="linear", tooltip=(
                     "Which layers the image prompt acts on and how strongly: the same weight everywhere, curves "
-                    "over depth, InstantStyle's style / composition blocks, or custom.")),
+                    "over depth, InstantStyle's style / composition blocks, custom, or the weight types of "
+                    "ComfyUI_IPAdapter_plus (by block; the precise ones also steer the uncond pass).")),
                 io.Float.Input("composition_weight", default=1.0, min=low, max=high, step=0.05,
                                tooltip="Weight of the composition layers in 'style and composition'."),
                 io.String.Input("custom_layer_weights", default="", multiline=True, tooltip=(
@@ -100,14 +113,18 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                     "windows; fewer images than frames: the last repeats); off: every latent sees every image.")),
                 MASK,
                 FRAME_WEIGHTS,
+                embeds_scaling_input(),
                 *_faceid_inputs(),
             ],
             outputs=[io.Model.Output(tooltip=PATCHED)])
 
     @classmethod
     def validate_inputs(cls, weight=None, start_at=None, end_at=None, composition_weight=None, layer_weights=None,
-                        custom_layer_weights=None, weight_curve=None, lora_strength=None, shortcut_weight=None):
+                        custom_layer_weights=None, weight_curve=None, embeds_scaling=None, lora_strength=None,
+                        shortcut_weight=None):
         checks = _check_strength(weight, start_at, end_at, composition_weight, lora_strength, shortcut_weight)
+        if embeds_scaling is not None:
+            checks.append(lambda: choice("embeds_scaling", embeds_scaling, EMBEDS_SCALINGS))
         if layer_weights is not None:  # the host does not check V3 options itself
             checks.append(lambda: choice("layer_weights", layer_weights, LAYER_PRESETS))
         if weight_curve is not None:
@@ -119,10 +136,58 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
     @classmethod
     def execute(cls, model, ipadapter, image_prompt, weight, start_at, end_at, layer_weights, composition_weight,
                 custom_layer_weights, weight_curve, unfold_batch, attn_mask=None, frame_weights=None,
-                lora_strength=1.0, shortcut_weight=1.0):
+                embeds_scaling="V only", lora_strength=1.0, shortcut_weight=1.0):
         options = patching.ApplyOptions(layer_preset=layer_weights, composition_weight=composition_weight,
                                         custom_layer_weights=custom_layer_weights, weight_curve=weight_curve,
                                         attn_mask=attn_mask, unfold_batch=unfold_batch, frame_weights=frame_weights,
-                                        lora_strength=lora_strength, shortcut_weight=shortcut_weight)
+                                        embeds_scaling=embeds_scaling, lora_strength=lora_strength,
+                                        shortcut_weight=shortcut_weight)
         return io.NodeOutput(patching.apply_ip_adapter(model, ipadapter, image_prompt, weight, start_at, end_at,
                                                        options))
+
+
+class ApplyIPAdapterStyleComposition(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        low, high = WEIGHT_RANGE
+        return io.Schema(
+            node_id="ApplyIPAdapterStyleComposition", display_name="Apply IP-Adapter (Style & Composition)",
+            category=CATEGORY,
+            description="Style from one image prompt, composition from another, in one patch: the style prompt on "
+                        "the style layers, the composition prompt on the composition layers (SDXL: InstantStyle's "
+                        "blocks; SD1.5: the usual heuristic).",
+            inputs=[
+                io.Model.Input("model"),
+                IPAdapter.Input("ipadapter"),
+                ImagePrompt.Input("image_prompt_style"),
+                ImagePrompt.Input("image_prompt_composition"),
+                io.Float.Input("weight_style", default=1.0, min=low, max=high, step=0.05,
+                               tooltip="Weight of the style prompt."),
+                io.Float.Input("weight_composition", default=1.0, min=low, max=high, step=0.05,
+                               tooltip="Weight of the composition prompt."),
+                io.Boolean.Input("expand_style", default=False, tooltip=(
+                    "The style prompt on every layer but the composition layers, instead of the style layers "
+                    "only.")),
+                *_common_inputs()[4:],
+                embeds_scaling_input(optional=False),
+                MASK,
+            ],
+            outputs=[io.Model.Output(tooltip=PATCHED)])
+
+    @classmethod
+    def validate_inputs(cls, weight_style=None, weight_composition=None, start_at=None, end_at=None,
+                        embeds_scaling=None):
+        checks = _check_strength(None, start_at, end_at)
+        checks += [lambda n=n, v=v: finite_number(n, v, *WEIGHT_RANGE) for n, v in (
+            ("weight_style", weight_style), ("weight_composition", weight_composition)) if v is not None]
+        if embeds_scaling is not None:
+            checks.append(lambda: choice("embeds_scaling", embeds_scaling, EMBEDS_SCALINGS))
+        return verdict(*checks)
+
+    @classmethod
+    def execute(cls, model, ipadapter, image_prompt_style, image_prompt_composition, weight_style,
+                weight_composition, expand_style, start_at, end_at, embeds_scaling="V only", attn_mask=None):
+        options = patching.ApplyOptions(attn_mask=attn_mask, embeds_scaling=embeds_scaling)
+        return io.NodeOutput(patching.apply_style_composition(
+            model, ipadapter, image_prompt_style, image_prompt_composition, weight_style, weight_composition,
+            expand_style, start_at, end_at, options))

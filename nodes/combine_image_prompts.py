@@ -1,4 +1,5 @@
-"""Combine Image Prompts: several IMAGE_PROMPTs -> one (concatenate, average or weighted average)."""
+"""Combine Image Prompts: several IMAGE_PROMPTs -> one (concatenate, average, weighted average, or the incumbent's
+add, subtract, norm average, max, min)."""
 from ..ipadapter_core import COMBINE_METHODS, choice, combine_prompts, number_list
 from .sockets import CATEGORY, ImagePrompt, io, verdict
 
@@ -14,7 +15,8 @@ class CombineImagePrompts(io.ComfyNode):
             node_id="CombineImagePrompts", display_name="Combine Image Prompts", category=CATEGORY,
             description="Combines image prompts encoded with the same CLIP vision model: concat keeps every image "
                         "(their tokens side by side), average and weighted average make one image prompt of mean "
-                        "features.",
+                        "features; add, subtract (the first minus the mean of the others), norm average, max and "
+                        "min one image of those features.",
             inputs=[
                 ImagePrompt.Input("image_prompt"),
                 io.Combo.Input("method", options=list(COMBINE_METHODS), default="concat"),

@@ -18,7 +18,7 @@ import nodes as host_nodes
 VALUES: dict = {}
 KEPT: dict = {}
 TYPES = ("MODEL", "IPADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK", "FLOAT", "STRING", "INT",
-         "IPADAPTER_FRAME_WEIGHTS", "FACE_ANALYSIS")
+         "IPADAPTER_FRAME_WEIGHTS", "FACE_ANALYSIS", "CONDITIONING")
 _ids = itertools.count()
 
 

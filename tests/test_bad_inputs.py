@@ -136,6 +136,16 @@ def _advanced(w, **over):
     return _apply(w, "ApplyIPAdapterAdvanced", **over)
 
 
+def _style_composition(w, **over):
+    inputs = {"model": ("MODEL", w["model"]), "ipadapter": ("IPADAPTER", w["adapter"]),
+              "image_prompt_style": ("IMAGE_PROMPT", w["prompt"]),
+              "image_prompt_composition": ("IMAGE_PROMPT", w["prompt"]), "weight_style": 1.0,
+              "weight_composition": 1.0, "expand_style": False, "start_at": 0.0, "end_at": 1.0,
+              "embeds_scaling": "V only"}
+    inputs.update(over)
+    return _graph(w, "ApplyIPAdapterStyleComposition", inputs)
+
+
 def _encode(w, **over):
     inputs = {"clip_vision": ("CLIP_VISION", w["clip_vision"]), "image": ("IMAGE", torch.rand(2, 32, 32, 3)),
               "fit": "center crop", "batch_size": 8}
@@ -171,6 +181,31 @@ def _encode_face(w, **over):
 def _faceid_apply(w, **over):
     inputs = {"ipadapter": ("IPADAPTER", w["faceid"]), "image_prompt": ("IMAGE_PROMPT", w["face_prompt"]), **over}
     return _apply(w, **inputs)
+
+
+def _tiled(w, **over):
+    inputs = {"clip_vision": ("CLIP_VISION", w["clip_vision"]), "image": ("IMAGE", torch.rand(1, 32, 80, 3)),
+              "tile_mode": "tiles", "enhance_ratio": 1.0, "enhance_tiles": 2, "sharpening": 0.0, "batch_size": 8}
+    inputs.update(over)
+    return _graph(w, "EncodeImagePromptTiled", inputs)
+
+
+def _tiled_prompt(w):
+    p = w["prompt"]
+    return ("IMAGE_PROMPT", type(p)(p.embeds, p.hidden, p.uncond_embeds, p.uncond_hidden,
+                                    regions=torch.ones(p.count, 8, 8)))
+
+
+def _regional(w, **over):
+    half = torch.zeros(1, 16, 16)
+    half[:, :, :8] = 1.0
+    inputs = {"model": ("MODEL", w["model"]), "ipadapter": ("IPADAPTER", w["adapter"]),
+              "positive": ("CONDITIONING", [[torch.zeros(1, 5, CTX), {}]]),
+              "negative": ("CONDITIONING", [[torch.zeros(1, 5, CTX), {}]]), "weight": 1.0, "prompt_weight": 1.0,
+              "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
+              "image_prompt_1": ("IMAGE_PROMPT", w["prompt"]), "mask_1": ("MASK", half)}
+    inputs.update(over)
+    return _graph(w, "IPAdapterRegionalPrompt", {k: v for k, v in inputs.items() if v is not None})
 
 
 def _combine(w, method="weighted average", weights="1, 1, 1, 1", second=None):
@@ -275,6 +310,12 @@ CASES = [
     Case("batch_size linked from a script, out of range", lambda w: _encode(w, batch_size=("INT", -3)), _encode,
          "execution", ("batch_size is -3", "1 to 256")),
     Case("unknown fit", lambda w: _encode(w, fit="stretch"), _encode, "validation", ("fit", "stretch")),
+    Case("unknown interpolation", lambda w: _encode(w, interpolation="box"), _encode, "validation",
+         ("interpolation", "'box'", "lanczos")),
+    Case("sharpening beyond 1", lambda w: _encode(w, sharpening=1.5), _encode, "validation",
+         ("sharpening is 1.5", "outside 0.0…1.0")),
+    Case("sharpening NaN, linked", lambda w: _encode(w, sharpening=("FLOAT", NAN)), _encode, "execution",
+         ("sharpening is nan", "finite")),
     # Apply IP-Adapter: numbers, masks, pairings
     Case("weight NaN in an API graph", lambda w: _apply(w, weight=NAN), _apply, "validation",
          ("weight is nan", "finite")),
@@ -344,8 +385,56 @@ CASES = [
          ("custom_layer_weights", "not a finite number")),
     Case("composition_weight NaN", lambda w: _advanced(w, composition_weight=NAN), _advanced, "validation",
          ("composition_weight is nan",)),
-    Case("unknown layer preset", lambda w: _advanced(w, layer_weights="weak middle"), _advanced, "validation",
-         ("layer_weights", "weak middle")),
+    Case("unknown layer preset", lambda w: _advanced(w, layer_weights="strongest"), _advanced, "validation",
+         ("layer_weights", "strongest")),
+    Case("unknown embeds_scaling", lambda w: _advanced(w, embeds_scaling="Q only"), _advanced, "validation",
+         ("embeds_scaling", "'Q only'", "pick one")),
+    Case("a tiled prompt with unfold_batch", lambda w: _advanced(w, image_prompt=_tiled_prompt(w),
+                                                                  unfold_batch=True),
+         lambda w: _advanced(w, image_prompt=_tiled_prompt(w)), "execution",
+         ("image_prompt holds tiles", "turn unfold_batch off")),
+    # Encode Image Prompt (Tiled)
+    Case("unknown tile_mode", lambda w: _tiled(w, tile_mode="grid"), _tiled, "validation",
+         ("tile_mode", "'grid'", "enhancer")),
+    Case("enhance_ratio beyond 1", lambda w: _tiled(w, enhance_ratio=1.5), _tiled, "validation",
+         ("enhance_ratio is 1.5", "outside 0.0…1.0")),
+    Case("enhance_tiles 1", lambda w: _tiled(w, tile_mode="enhancer", enhance_tiles=1),
+         lambda w: _tiled(w, tile_mode="enhancer"), "validation", ("enhance_tiles is 1", "2 to 16")),
+    Case("enhance_ratio NaN, linked", lambda w: _tiled(w, enhance_ratio=("FLOAT", NAN)), _tiled, "execution",
+         ("enhance_ratio is nan",)),
+    Case("NaN pixels in a tiled reference", lambda w: _tiled(w, image=("IMAGE", torch.full((1, 32, 80, 3), NAN))),
+         _tiled, "execution", ("image has", "NaN/Inf pixel")),
+    # IP-Adapter Regional Prompt
+    Case("regional prompt_weight NaN", lambda w: _regional(w, prompt_weight=NAN), _regional, "validation",
+         ("prompt_weight is nan",)),
+    Case("regional prompt_weight beyond 10", lambda w: _regional(w, prompt_weight=11.0), _regional, "validation",
+         ("prompt_weight is 11.0", "outside 0.0…10.0")),
+    Case("a region without its mask", lambda w: _regional(w, mask_1=None), _regional, "execution",
+         ("region 1", "no mask", "connect mask_1")),
+    Case("no region at all", lambda w: _regional(w, image_prompt_1=None, mask_1=None), _regional, "execution",
+         ("no region", "connect image_prompt_1 and mask_1")),
+    Case("a region mask with NaN", lambda w: _regional(w, mask_1=("MASK", _nan_mask())), _regional, "execution",
+         ("mask_1 has 1 NaN/Inf",)),
+    # Apply IP-Adapter (Style & Composition)
+    Case("weight_style NaN", lambda w: _style_composition(w, weight_style=NAN), _style_composition, "validation",
+         ("weight_style is nan", "finite")),
+    Case("weight_composition beyond its range", lambda w: _style_composition(w, weight_composition=7.0),
+         _style_composition, "validation", ("weight_composition is 7.0", "outside")),
+    Case("weight_composition Inf, linked", lambda w: _style_composition(w, weight_composition=("FLOAT", INF)),
+         _style_composition, "execution", ("weight_composition is inf",)),
+    Case("style & composition start_at after end_at", lambda w: _style_composition(w, start_at=0.9, end_at=0.1),
+         _style_composition, "execution", ("start_at 0.9 is after end_at 0.1", "swap")),
+    Case("unknown embeds_scaling (style & composition)", lambda w: _style_composition(w, embeds_scaling="V"),
+         _style_composition, "validation", ("embeds_scaling", "'V'")),
+    Case("composition prompt with NaN (from a script)", lambda w: _style_composition(
+        w, image_prompt_composition=("IMAGE_PROMPT", _nan_prompt(w))), _style_composition, "execution",
+         ("image_prompt_composition", "NaN/Inf", "encode the images again")),
+    Case("style prompt of another encoder", lambda w: _style_composition(
+        w, image_prompt_style=("IMAGE_PROMPT", w["other_prompt"])), _style_composition, "execution",
+         ("encoded with", "Load CLIP Vision")),
+    Case("style & composition mask with NaN", lambda w: _style_composition(w, attn_mask=("MASK", _nan_mask())),
+         lambda w: _style_composition(w, attn_mask=("MASK", torch.ones(16, 16))), "execution",
+         ("attn_mask has 1 NaN/Inf",)),
     Case("frame_weights with NaN (from a script)", lambda w: _advanced(w, frame_weights=_schedule(1.0, NAN)),
          lambda w: _advanced(w, frame_weights=_schedule(1.0, 0.5)), "execution",
          ("frame_weights (frame 1) is nan", "finite number")),
@@ -382,6 +471,8 @@ CASES = [
          ("weights sum to 0",)),
     Case("weights with NaN", lambda w: _combine(w, weights="1, nan, 1, 1"), _combine, "validation",
          ("weights: 'nan' is not a finite number",)),
+    Case("unknown combine method", lambda w: _combine(w, method="median"), _combine, "validation",
+         ("method", "'median'", "norm average")),
     Case("prompts of two encoders", lambda w: _combine(w, method="concat", second=w["other_prompt"]),
          lambda w: _combine(w, method="concat"), "execution", ("different CLIP vision models",)),
     # Image Prompt Noise

@@ -73,3 +73,57 @@ def test_noise_node_output_feeds_encode_as_negative(ext, clip_vision):
     prompt = ext.host.vision.encode_image_prompt(clip_vision, image, negative)
     torch.testing.assert_close(prompt.uncond_hidden, ext.host.vision.encode_image_prompt(clip_vision, negative).hidden)
     assert not torch.allclose(prompt.uncond_hidden, prompt.hidden)
+
+
+def test_interpolation_and_sharpening_prepare_what_the_encoder_sees(ext, clip_vision):
+    """Another interpolation or sharpening: the encoder gets the image resized by that filter (PIL's, in the test)
+    and sharpened, exactly as if it had been given that image at its own size; the default path is unchanged."""
+    from test_incumbent_controls_core import _pil_resize
+    from ipadapter_suite.ipadapter_core.image_ops import sharpen
+    image = _images(1, 70, 70, seed=3)
+    encode = ext.host.vision.encode_image_prompt
+    size = clip_vision.image_size
+    default = encode(clip_vision, image)
+    assert torch.equal(encode(clip_vision, image, interpolation="bicubic", sharpening=0.0).hidden, default.hidden)
+    for mode, pil in (("lanczos", "LANCZOS"), ("nearest", "NEAREST")):
+        got = encode(clip_vision, image, interpolation=mode).hidden
+        want = encode(clip_vision, _pil_resize(image, size, pil)).hidden  # already at the encoder's size
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3)  # within one of the host's 8-bit levels
+        assert not torch.allclose(got, default.hidden, atol=1e-3)
+    sharp = encode(clip_vision, image, interpolation="lanczos", sharpening=0.8)
+    want = encode(clip_vision, sharpen(_pil_resize(image, size, "LANCZOS"), 0.8))
+    torch.testing.assert_close(sharp.hidden, want.hidden, rtol=1e-3, atol=2e-3)
+    negative = encode(clip_vision, image, negative_image=image, sharpening=0.8)  # the negative is prepared the same
+    torch.testing.assert_close(negative.uncond_hidden, negative.hidden)
+
+
+def test_tiled_encode_gives_one_image_per_tile_with_its_region(ext, clip_vision):
+    image = _images(1, 100, 200, seed=4)  # 1:2 -> 256 x 512 -> two tiles, left and right
+    out = ext.host.vision.encode_tiled(clip_vision, image, tile_mode="tiles")
+    assert out.prompt.count == 2 and out.tiles.shape == (2, 256, 256, 3) and out.masks.shape == (2, 256, 512)
+    torch.testing.assert_close(out.prompt.regions, out.masks)
+    assert out.masks[0, :, :256].min() == 1 and out.masks[0, :, 256:].max() == 0
+    encode = ext.host.vision.encode_image_prompt
+    for i in range(2):  # each tile's features are those of that tile encoded alone
+        torch.testing.assert_close(out.prompt.hidden[i:i + 1], encode(clip_vision, out.tiles[i:i + 1]).hidden)
+    default = encode(clip_vision, image[:, :, :100])
+    torch.testing.assert_close(out.prompt.uncond_hidden[:1], default.uncond_hidden)  # the default negative
+
+
+def test_enhancer_blends_the_tiles_patch_tokens_by_ratio(ext, clip_vision):
+    """The tiny encoder has a 2 x 2 patch grid: with 2 x 2 tiles, patch cell (i, j) of the merged tokens is the
+    mean of the patch tokens of quadrant (i, j) encoded alone; the class token the quadrants' mean."""
+    image = _images(1, 56, 56, seed=5)
+    encode = ext.host.vision.encode_image_prompt
+    out = ext.host.vision.encode_tiled(clip_vision, image, tile_mode="enhancer", enhance_ratio=0.3,
+                                       enhance_tiles=2)
+    full = encode(clip_vision, image)
+    quadrants = [encode(clip_vision, image[:, i * 28:(i + 1) * 28, j * 28:(j + 1) * 28]) for i in (0, 1)
+                 for j in (0, 1)]
+    cells = torch.stack([q.hidden[0, 1:].mean(0) for q in quadrants])
+    merged = torch.cat([torch.stack([q.hidden[0, 0] for q in quadrants]).mean(0, keepdim=True), cells])
+    torch.testing.assert_close(out.prompt.hidden, 0.3 * full.hidden + 0.7 * merged[None], rtol=1e-5, atol=1e-5)
+    embeds = torch.stack([q.embeds[0] for q in quadrants]).mean(0)
+    torch.testing.assert_close(out.prompt.embeds, 0.3 * full.embeds + 0.7 * embeds[None], rtol=1e-5, atol=1e-5)
+    plain = ext.host.vision.encode_tiled(clip_vision, image, tile_mode="enhancer", enhance_ratio=1.0)
+    torch.testing.assert_close(plain.prompt.hidden, full.hidden)  # ratio 1: the full image only

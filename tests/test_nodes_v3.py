@@ -16,7 +16,19 @@ PUBLIC = {
                       ["IPADAPTER"]),
     "EncodeImagePrompt": ("Encode Image Prompt", [
         ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("negative_image", "IMAGE", False),
-        ("fit", "COMBO", False), ("batch_size", "INT", False)], ["IMAGE_PROMPT"]),
+        ("fit", "COMBO", False), ("batch_size", "INT", False), ("interpolation", "COMBO", False),
+        ("sharpening", "FLOAT", False)], ["IMAGE_PROMPT"]),
+    "EncodeImagePromptTiled": ("Encode Image Prompt (Tiled)", [
+        ("clip_vision", "CLIP_VISION", True), ("image", "IMAGE", True), ("tile_mode", "COMBO", True),
+        ("enhance_ratio", "FLOAT", True), ("enhance_tiles", "INT", True), ("sharpening", "FLOAT", True),
+        ("batch_size", "INT", True), ("negative_image", "IMAGE", False)], ["IMAGE_PROMPT", "MASK", "IMAGE"]),
+    "IPAdapterRegionalPrompt": ("IP-Adapter Regional Prompt", [
+        ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("positive", "CONDITIONING", True),
+        ("negative", "CONDITIONING", True), ("weight", "FLOAT", True), ("prompt_weight", "FLOAT", True),
+        ("start_at", "FLOAT", True), ("end_at", "FLOAT", True), ("embeds_scaling", "COMBO", True),
+        *((f"{name}_{i}", kind, False) for i in range(1, 5) for name, kind in (
+            ("image_prompt", "IMAGE_PROMPT"), ("mask", "MASK"), ("text", "CONDITIONING")))],
+        ["MODEL", "CONDITIONING", "CONDITIONING"]),
     "ApplyIPAdapter": ("Apply IP-Adapter", [
         ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt", "IMAGE_PROMPT", True),
         ("weight", "FLOAT", True), ("start_at", "FLOAT", True), ("end_at", "FLOAT", True),
@@ -28,7 +40,13 @@ PUBLIC = {
         ("layer_weights", "COMBO", True), ("composition_weight", "FLOAT", True),
         ("custom_layer_weights", "STRING", True), ("weight_curve", "COMBO", True), ("unfold_batch", "BOOLEAN", True),
         ("attn_mask", "MASK", False), ("frame_weights", "IPADAPTER_FRAME_WEIGHTS", False),
-        ("lora_strength", "FLOAT", False), ("shortcut_weight", "FLOAT", False)], ["MODEL"]),
+        ("embeds_scaling", "COMBO", False), ("lora_strength", "FLOAT", False), ("shortcut_weight", "FLOAT", False)],
+        ["MODEL"]),
+    "ApplyIPAdapterStyleComposition": ("Apply IP-Adapter (Style & Composition)", [
+        ("model", "MODEL", True), ("ipadapter", "IPADAPTER", True), ("image_prompt_style", "IMAGE_PROMPT", True),
+        ("image_prompt_composition", "IMAGE_PROMPT", True), ("weight_style", "FLOAT", True),
+        ("weight_composition", "FLOAT", True), ("expand_style", "BOOLEAN", True), ("start_at", "FLOAT", True),
+        ("end_at", "FLOAT", True), ("embeds_scaling", "COMBO", True), ("attn_mask", "MASK", False)], ["MODEL"]),
     "CombineImagePrompts": ("Combine Image Prompts", [
         ("image_prompt", "IMAGE_PROMPT", True), ("method", "COMBO", True), ("weights", "STRING", True),
         ("image_prompt_2", "IMAGE_PROMPT", False), ("image_prompt_3", "IMAGE_PROMPT", False),
@@ -75,6 +93,33 @@ def test_public_surface_is_unchanged(ext):
         assert _inputs(info) == inputs, node_id
         assert list(info["output"]) == outputs, node_id
     assert mappings["SaveImagePrompt"].GET_NODE_INFO_V1()["output_node"] is True
+    for node_id, name, options, default in OPTIONS:
+        spec = _spec(mappings[node_id].GET_NODE_INFO_V1(), name)
+        assert (spec[1]["options"], spec[1].get("default")) == (options, default), (node_id, name)
+
+
+# Option lists other graphs (and the workflow converter) rely on, written out: (node, input, options, default).
+SCALINGS = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+OPTIONS = [
+    ("EncodeImagePromptTiled", "tile_mode", ["tiles", "enhancer"], "tiles"),
+    ("EncodeImagePrompt", "interpolation", ["bicubic", "lanczos", "bilinear", "nearest"], "bicubic"),
+    ("ApplyIPAdapterAdvanced", "embeds_scaling", SCALINGS, "V only"),
+    ("ApplyIPAdapterStyleComposition", "embeds_scaling", SCALINGS, "V only"),
+    ("CombineImagePrompts", "method", ["concat", "average", "weighted average", "add", "subtract", "norm average",
+                                       "max", "min"], "concat"),
+    ("ApplyIPAdapterAdvanced", "layer_weights", [
+        "linear", "ease in", "ease out", "ease in-out", "style transfer", "composition", "style and composition",
+        "custom", "ease in (incumbent)", "ease out (incumbent)", "ease in-out (incumbent)", "reverse in-out",
+        "weak input", "weak middle", "weak output", "strong middle", "strong style transfer",
+        "strong style and composition", "style transfer precise", "composition precise"], "linear"),
+]
+
+
+def _spec(info, name):
+    for section in ("required", "optional"):
+        if name in info["input"].get(section, {}):
+            return info["input"][section][name]
+    raise KeyError(name)
 
 
 def test_nodes_pin_the_versioned_api(ext):

@@ -2,7 +2,7 @@
 front-end saves a graph: each is built node by node with LiteGraph in headless Chromium (widget values set by
 name, links by socket), then serialised with ``app.graph.serialize()``.
 
-    python tools/build_workflows.py http://127.0.0.1:8188/ workflows/
+    python tools/build_workflows.py http://127.0.0.1:8188/ workflows/ [NAME ...]
 
 needs a running ComfyUI with this extension installed, Playwright and Debian's ``chromium``. Workflows written
 by hand or saved from the canvas are equally welcome in ``workflows/``: the tests check every file there.
@@ -324,6 +324,161 @@ Model files:
          widgets={"prompt_file": "image_prompts/example_prompt.safetensors"}),
 ], extra_links=[("loadprompt", "IMAGE_PROMPT", "apply", "image_prompt")])
 
+WORKFLOWS["style_transfer_precise"] = control_graph(PLUS15, f"""## Precise style transfer (ComfyUI_IPAdapter_plus weight types)
+
+**Apply IP-Adapter (Advanced)** with `style transfer precise`: the reference on the style layers, and on the
+composition layers its tokens go to CFG's uncond pass instead (the cond pass gets none there), so the picture keeps the
+reference's style and moves away from its layout. The other weight types of ComfyUI_IPAdapter_plus are presets too:
+`ease in (incumbent)`, `reverse in-out`, `weak input`, `weak middle`, `weak output`, `strong middle`,
+`strong style transfer`, `composition precise`, ...
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/style_transfer_precise", "ApplyIPAdapterAdvanced",
+    {"layer_weights": "style transfer precise", "weight_curve": "constant"}, text="a cat sitting on a chair, best quality")
+
+WORKFLOWS["embeds_scaling"] = control_graph(PLUS15, f"""## Embeds scaling
+
+**Apply IP-Adapter (Advanced)**'s `embeds_scaling` says where the weight acts: `V only` (the image branch's output,
+the default), `K+V` (its keys and values), `K+V w/ C penalty` (the same, times the layer width / 1280: the narrow
+layers get less) or `K+mean(V) w/ C penalty` (keys, and the mean of the values), as in ComfyUI_IPAdapter_plus. Here:
+`K+V w/ C penalty` at weight 1.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/embeds_scaling", "ApplyIPAdapterAdvanced",
+    {"layer_weights": "linear", "weight_curve": "constant", "embeds_scaling": "K+V w/ C penalty"})
+
+n, l = control_graph(BASE15, f"""## Subtracting a reference (Combine Image Prompts)
+
+**Combine Image Prompts** with `subtract`: the first reference's features minus the mean of the others (here the
+second, **Load Image (subtract)**), for "this, but less of that". Also `add`, `norm average`, `max` and `min`, as in
+ComfyUI_IPAdapter_plus, beside `concat`, `average` and `weighted average`.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/combine_subtract", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (subtract)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+    dict(id="combine", type="CombineImagePrompts", col=2, widgets={"method": "subtract", "weights": ""}),
+])
+l = [x for x in l if x[2:] != ("apply", "image_prompt")]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("encode", "IMAGE_PROMPT", "combine", "image_prompt"), ("encode2", "IMAGE_PROMPT", "combine", "image_prompt_2"),
+      ("combine", "IMAGE_PROMPT", "apply", "image_prompt")]
+WORKFLOWS["combine_subtract"] = (n, l)
+
+n, l = control_graph(PLUS15, f"""## Style and composition from two images
+
+**Apply IP-Adapter (Style & Composition)**: the style of **Load Image (style)** on the style layers and the layout of
+**Load Image** (composition) on the composition layers, each with its own weight. `expand_style` puts the style image
+on every layer but the composition ones.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/style_composition", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (style)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+])
+for x in n:
+    if x["id"] == "apply":
+        x["type"] = "ApplyIPAdapterStyleComposition"
+        x["widgets"] = {"weight_style": 1.0, "weight_composition": 0.8, "expand_style": False, "start_at": 0.0,
+                        "end_at": 1.0, "embeds_scaling": "V only"}
+l = [x for x in l if x[2:] != ("apply", "image_prompt")]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("encode2", "IMAGE_PROMPT", "apply", "image_prompt_style"),
+      ("encode", "IMAGE_PROMPT", "apply", "image_prompt_composition")]
+WORKFLOWS["style_composition"] = (n, l)
+
+WORKFLOWS["encode_sharpening"] = control_graph(BASE15, f"""## Interpolation and sharpening before the encoder
+
+Encode Image Prompt's `interpolation` resizes the reference to the encoder's input with another filter (`lanczos`
+here; `bicubic` is the host's own resize) and `sharpening` applies contrast-adaptive sharpening after it, as
+ComfyUI_IPAdapter_plus's Prep Image For ClipVision does: fine detail survives the downscale better.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/encode_sharpening", encode_widgets={"fit": "center crop", "batch_size": 8, "interpolation": "lanczos",
+                                                   "sharpening": 0.4})
+
+n, l = control_graph(BASE15, f"""## Tiled reference (far from square)
+
+**Encode Image Prompt (Tiled)** with `tiles`: the wide reference is resized to a short side of 256 and cut into
+overlapping 256 x 256 tiles; each tile is one image of the prompt with its own region, and Apply IP-Adapter gives each
+tile's tokens only to its part of the picture (the latent here has the reference's proportions). `masks` shows the
+regions. As ComfyUI_IPAdapter_plus's IPAdapterTiled.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/tiled_reference", image="example_wide.png")
+for x in n:
+    if x["id"] == "encode":
+        x["type"] = "EncodeImagePromptTiled"
+        x["widgets"] = {"tile_mode": "tiles", "enhance_ratio": 1.0, "enhance_tiles": 2, "sharpening": 0.0,
+                        "batch_size": 8}
+    if x["id"] == "latent":
+        x["widgets"].update(width=768, height=320)
+WORKFLOWS["tiled_reference"] = (n, l)
+
+n, l = control_graph(PLUS15, f"""## CLIP vision enhancer
+
+**Encode Image Prompt (Tiled)** with `enhancer`: the reference is also encoded as 2 x 2 tiles, whose patch tokens,
+pooled back to the encoder's grid, are blended with the full image's (`enhance_ratio` 0.5: half each): more detail
+for plus adapters, which read the patch tokens. As ComfyUI_IPAdapter_plus's ClipVision Enhancer.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + PLUS15)}
+""", "ipadapter/clipvision_enhancer")
+for x in n:
+    if x["id"] == "encode":
+        x["type"] = "EncodeImagePromptTiled"
+        x["widgets"] = {"tile_mode": "enhancer", "enhance_ratio": 0.5, "enhance_tiles": 2, "sharpening": 0.0,
+                        "batch_size": 8}
+WORKFLOWS["clipvision_enhancer"] = (n, l)
+
+n, l = control_graph(BASE15, f"""## Regional prompts (image and text per region)
+
+**IP-Adapter Regional Prompt**: the left half gets the first reference and the text "a red house", the right half
+the second reference (**Load Image (right)**) and "a green tree"; the positive prompt applies to the whole picture.
+Each image prompt acts only inside its mask, each text is masked the same way (the host's conditioning mask at
+`prompt_weight`). Up to four regions; the masks here come from **Solid Mask**, **Mask Composite** and **Invert Mask**.
+
+Model files:
+{files_md("models/checkpoints/" + SD15, "models/clip_vision/" + VITH, "models/ipadapter/" + BASE15)}
+""", "ipadapter/regional_prompt", text="a garden, best quality", extra_nodes=[
+    dict(id="ref2", type="LoadImage", col=1, widgets={"image": "example_style.png"}, title="Load Image (right)",
+         size=[320, 380]),
+    dict(id="encode2", type="EncodeImagePrompt", col=1),
+    dict(id="blank", type="SolidMask", col=0, widgets={"value": 0.0, "width": 512, "height": 512}),
+    dict(id="half", type="SolidMask", col=0, widgets={"value": 1.0, "width": 256, "height": 512}),
+    dict(id="left", type="MaskComposite", col=1, widgets={"x": 0, "y": 0, "operation": "add"}),
+    dict(id="right", type="InvertMask", col=1),
+    dict(id="text1", type="CLIPTextEncode", col=2, widgets={"text": "a red house"}, title="Text (left)",
+         size=[400, 120]),
+    dict(id="text2", type="CLIPTextEncode", col=2, widgets={"text": "a green tree"}, title="Text (right)",
+         size=[400, 120]),
+])
+for x in n:
+    if x["id"] == "apply":
+        x["type"] = "IPAdapterRegionalPrompt"
+        x["widgets"] = {"weight": 1.0, "prompt_weight": 1.0, "start_at": 0.0, "end_at": 1.0,
+                        "embeds_scaling": "V only"}
+l = [x for x in l if x[2:] not in (("apply", "image_prompt"), ("sampler", "positive"), ("sampler", "negative"),
+                                   ("sampler", "model"))]
+l += [("ref2", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "encode2", "clip_vision"),
+      ("blank", "MASK", "left", "destination"), ("half", "MASK", "left", "source"), ("left", "MASK", "right", "mask"),
+      ("ckpt", "CLIP", "text1", "clip"), ("ckpt", "CLIP", "text2", "clip"),
+      ("pos", "CONDITIONING", "apply", "positive"), ("neg", "CONDITIONING", "apply", "negative"),
+      ("encode", "IMAGE_PROMPT", "apply", "image_prompt_1"), ("left", "MASK", "apply", "mask_1"),
+      ("text1", "CONDITIONING", "apply", "text_1"),
+      ("encode2", "IMAGE_PROMPT", "apply", "image_prompt_2"), ("right", "MASK", "apply", "mask_2"),
+      ("text2", "CONDITIONING", "apply", "text_2"),
+      ("apply", 0, "sampler", "model"), ("apply", 1, "sampler", "positive"), ("apply", 2, "sampler", "negative")]
+WORKFLOWS["regional_prompt"] = (n, l)
+
 
 def by_contents_graph():
     """Load IP-Adapter (by contents) in place of Load IP-Adapter + Load CLIP Vision: the files found by contents."""
@@ -436,8 +591,9 @@ JS = """(spec) => {
   return JSON.stringify(app.graph.serialize());
 }"""
 
-def main(url, out):
-    """Build every workflow of WORKFLOWS in the front-end at ``url`` and write ``out/<name>.json``."""
+def main(url, out, names=()):
+    """Build every workflow of WORKFLOWS (or those in ``names``) in the front-end at ``url`` and write
+    ``out/<name>.json``."""
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(tempfile.mkdtemp(), executable_path=shutil.which("chromium"), args=FLAGS,
                                                    headless=True, viewport={"width": 1600, "height": 1000})
@@ -445,6 +601,8 @@ def main(url, out):
         page.goto(url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60000)
         for name, (nodes, links) in WORKFLOWS.items():
+            if names and name not in names:
+                continue
             graph = json.loads(page.evaluate(JS, {"nodes": nodes, "links": links}))
             (out / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n")
             print("wrote", name, len(graph["nodes"]), "nodes", len(graph["links"]), "links")
@@ -452,4 +610,4 @@ def main(url, out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
