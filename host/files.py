@@ -8,6 +8,7 @@ import folder_paths
 
 from ..ipadapter_core import (ImagePrompt, InputError, IPAdapterModel, check_filename_prefix, load_adapter_file,
                               load_image_prompt, save_image_prompt)
+from ..ipadapter_core.weights import is_dit_adapter_file, load_dit_adapter_file
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth"}
@@ -38,6 +39,10 @@ class LoadedAdapter:
 
 def load_adapter(path: str) -> LoadedAdapter:
     """A weight file (a path, checked and strictly loaded) -> the IPADAPTER value; host ops for manual casting."""
+    if is_dit_adapter_file(path):  # Flux / SD3.5 IP-Adapters: their own layouts
+        model = load_dit_adapter_file(path, operations=comfy.ops.manual_cast)
+        log.info("IP-Adapter %s: %s", os.path.basename(path), model.spec.describe)
+        return LoadedAdapter(os.path.basename(path), model)
     state_dict, spec = load_adapter_file(path)
     model = IPAdapterModel.from_state_dict(state_dict, operations=comfy.ops.manual_cast)
     log.info("IP-Adapter %s: %s", os.path.basename(path), spec.describe)

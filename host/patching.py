@@ -8,6 +8,8 @@ from ..ipadapter_core import (IPAttentionPatch, LAYOUTS, ImagePrompt, InputError
                               curve_values, finite_number, finite_tensors, layer_weights)
 from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE
 from ..ipadapter_core.schedules import FrameWeights, check_frame_weights
+from ..ipadapter_core.dit import DiTAdapterSpec
+from . import dit
 from .unet import ATTENTION, check_model_fits
 
 CURVE_POINTS = 33
@@ -64,6 +66,8 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
                      options: ApplyOptions = ApplyOptions()):
     """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before)."""
     check_inputs(prompt, weight, start_at, end_at, options)
+    if isinstance(adapter.spec, DiTAdapterSpec):  # Flux: the host's transformer-block hooks (host/dit.py)
+        return _apply_dit(model, adapter, prompt, weight, start_at, end_at, options)
     check_model_fits(model, adapter)
     prompt.check_fits(adapter.spec)
     patched = model.clone()
@@ -89,3 +93,13 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
             patch = IPAttentionPatch((branches[site.n],), attention=ATTENTION, inner=previous)
         patched.set_model_attn2_replace(patch, *site.key)
     return patched
+
+
+def _apply_dit(model, adapter, prompt: ImagePrompt, weight: float, start_at: float, end_at: float,
+               options: ApplyOptions):
+    if start_at >= end_at:
+        dit.check_dit_fits(model, adapter)
+        prompt.check_fits(adapter.spec)
+        return model.clone()
+    return dit.apply_dit_adapter(model, adapter, prompt, weight, sigma_range(model, start_at, end_at), options,
+                                 weight_schedule(model, options.weight_curve, start_at, end_at))
