@@ -154,23 +154,26 @@ def diffusers_tokens(sd, embeds, tokens):
 def inputs(seed, size=8):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(1, 16, size, size, generator=g), torch.randn(1, 5, CONTEXT, generator=g),
-            torch.randn(1, 3, CONTEXT, generator=g), torch.randn(1, VEC, generator=g), torch.randn(1, VEC, generator=g))
+            torch.randn(1, 5, CONTEXT, generator=g), torch.randn(1, VEC, generator=g), torch.randn(1, VEC, generator=g))
 
 
 def host_velocity(patcher, x, sigma, conds):
     """The model output (velocity) from the host's real ``calc_cond_batch``; ``conds``: [(context, pooled), ...],
-    the first positive, the second (if any) negative."""
+    the first positive, the second (if any) negative. Contexts of one length are batched together as the host
+    batches them (``cond_or_uncond`` [1, 0]: uncond rows first); the patcher's wrappers go into the options as
+    the host's sampler puts them there (``sampler_helpers.prepare_model_patcher``)."""
     model = patcher.model
     sigma_t = torch.full((x.shape[0],), float(sigma))
     names = ["positive", "negative"][:len(conds)]
     built = {n: comfy.sampler_helpers.convert_cond([[ctx, {"pooled_output": y, "guidance": GUIDANCE}]])
              for n, (ctx, y) in zip(names, conds)}
     built = comfy.samplers.process_conds(model, x, built, patcher.load_device)
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+    comfy.sampler_helpers.prepare_model_patcher(patcher, built, options)  # the patcher's wrappers, as sampling
     patcher.pre_run()
     try:
         with torch.no_grad():
-            denoised = comfy.samplers.calc_cond_batch(model, [built[n] for n in names], x, sigma_t,
-                                                      patcher.model_options)
+            denoised = comfy.samplers.calc_cond_batch(model, [built[n] for n in names], x, sigma_t, options)
     finally:
         patcher.cleanup()
     return [(x - d) / sigma for d in denoised]
