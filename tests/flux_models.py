@@ -37,10 +37,15 @@ SIGMA = 0.6
 GUIDANCE = 3.5
 
 
+def _axes(head):
+    """RoPE axes (index, row, column) summing to the head width: FLUX.1's 16, 56, 56 for 128."""
+    return list(AXES) if head == 16 else [head // 8, head * 7 // 16, head * 7 // 16]
+
+
 def flux_config(depth=19, single=38, hidden=HIDDEN, heads=HEADS):
     return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=VEC, context_in_dim=CONTEXT,
                 hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
-                axes_dim=list(AXES), theta=10000, patch_size=2, qkv_bias=True,
+                axes_dim=_axes(hidden // heads), theta=10000, patch_size=2, qkv_bias=True,
                 guidance_embed=True)
 
 
