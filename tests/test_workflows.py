@@ -339,6 +339,9 @@ def shrink(prompt):
 
 @pytest.mark.parametrize("name", RUN_ORDER)
 def test_workflow_runs_to_an_image(name, hosts, object_info):
+    reason = workflow_files.not_runnable(workflow_files.named_files(WORKFLOWS[name]))
+    if reason:  # checked statically and loaded in the browser above, not run (README "Flux")
+        pytest.skip(f"{name}.json is not run: {reason}")
     server = hosts.get(_args_of(name))
     prompt = shrink(to_api(WORKFLOWS[name], object_info))
     started = time.time()

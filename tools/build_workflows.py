@@ -2,7 +2,7 @@
 front-end saves a graph: each is built node by node with LiteGraph in headless Chromium (widget values set by
 name, links by socket), then serialised with ``app.graph.serialize()``.
 
-    python tools/build_workflows.py http://127.0.0.1:8188/ workflows/
+    python tools/build_workflows.py http://127.0.0.1:8188/ workflows/ [name ...]
 
 needs a running ComfyUI with this extension installed, Playwright and Debian's ``chromium``. Workflows written
 by hand or saved from the canvas are equally welcome in ``workflows/``: the tests check every file there.
@@ -325,6 +325,62 @@ Model files:
 ], extra_links=[("loadprompt", "IMAGE_PROMPT", "apply", "image_prompt")])
 
 
+FLUX_UNET, FLUX_T5, FLUX_CLIP_L, FLUX_VAE = ("flux1-dev.safetensors", "t5xxl_fp16.safetensors", "clip_l.safetensors",
+                                          "ae.safetensors")
+VITL = "clip-vit-large-patch14.safetensors"
+XLABS = "flux-ip-adapter-v2.safetensors"
+
+
+def flux_graph(note, prefix):
+    """FLUX.1-dev with an XLabs IP-Adapter: diffusion model, text encoders and VAE loaded on their own."""
+    nodes = [
+        dict(id="note", type="MarkdownNote", col=0, widgets={"text": note}, size=[420, 320]),
+        dict(id="unet", type="UNETLoader", col=0, widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}),
+        dict(id="clip", type="DualCLIPLoader", col=0, widgets={"clip_name1": FLUX_T5, "clip_name2": FLUX_CLIP_L,
+                                                                "type": "flux"}),
+        dict(id="vae", type="VAELoader", col=0, widgets={"vae_name": FLUX_VAE}),
+        dict(id="clipvision", type="CLIPVisionLoader", col=0, widgets={"clip_name": VITL}),
+        dict(id="ref", type="LoadImage", col=1, widgets={"image": "example.png"}, size=[320, 380]),
+        dict(id="ipadapter", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": XLABS}),
+        dict(id="encode", type="EncodeImagePrompt", col=1),
+        dict(id="apply", type="ApplyIPAdapter", col=2, widgets={"weight": 0.8, "start_at": 0.0, "end_at": 1.0}),
+        dict(id="pos", type="CLIPTextEncode", col=2, widgets={"text": "a photo, best quality"},
+             title="Positive prompt", size=[400, 160]),
+        dict(id="neg", type="CLIPTextEncode", col=2, widgets={"text": ""}, title="Negative prompt (unused at cfg 1)",
+             size=[400, 120]),
+        dict(id="guidance", type="FluxGuidance", col=2, widgets={"guidance": 3.5}),
+        dict(id="latent", type="EmptySD3LatentImage", col=2, widgets={"width": 1024, "height": 1024, "batch_size": 1}),
+        dict(id="sampler", type="KSampler", col=3, widgets={"seed": 42, "control_after_generate": "fixed",
+             "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
+        dict(id="decode", type="VAEDecode", col=3),
+        dict(id="save", type="SaveImage", col=4, widgets={"filename_prefix": prefix}, size=[420, 460]),
+    ]
+    links = [
+        ("unet", "MODEL", "apply", "model"), ("ipadapter", "IPADAPTER", "apply", "ipadapter"),
+        ("clipvision", "CLIP_VISION", "encode", "clip_vision"), ("ref", "IMAGE", "encode", "image"),
+        ("encode", "IMAGE_PROMPT", "apply", "image_prompt"),
+        ("clip", "CLIP", "pos", "clip"), ("clip", "CLIP", "neg", "clip"),
+        ("pos", "CONDITIONING", "guidance", "conditioning"),
+        ("apply", "MODEL", "sampler", "model"), ("guidance", "CONDITIONING", "sampler", "positive"),
+        ("neg", "CONDITIONING", "sampler", "negative"), ("latent", "LATENT", "sampler", "latent_image"),
+        ("sampler", "LATENT", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
+        ("decode", "IMAGE", "save", "images"),
+    ]
+    return nodes, links
+
+
+WORKFLOWS["flux_xlabs"] = flux_graph(f"""## FLUX.1-dev with an XLabs IP-Adapter
+
+The reference image as an image prompt for FLUX.1-dev: the XLabs Flux IP-Adapter (v2, 16 tokens; v1 works the same)
+reads the CLIP ViT-L/14 embedding of **Load Image** and adds its image branch to the 19 double blocks. Flux runs at
+cfg 1 with **FluxGuidance** 3.5; weight 0.6 to 1.0 is the usual range.
+
+Model files:
+{files_md("models/diffusion_models/" + FLUX_UNET, "models/text_encoders/" + FLUX_T5,
+          "models/text_encoders/" + FLUX_CLIP_L, "models/vae/" + FLUX_VAE, "models/clip_vision/" + VITL,
+          "models/ipadapter/" + XLABS)}
+""", "ipadapter/flux_xlabs")
+
 JS = """(spec) => {
   app.graph.clear();
   const made = {}, tops = {};
@@ -355,8 +411,9 @@ JS = """(spec) => {
   return JSON.stringify(app.graph.serialize());
 }"""
 
-def main(url, out):
-    """Build every workflow of WORKFLOWS in the front-end at ``url`` and write ``out/<name>.json``."""
+def main(url, out, names=None):
+    """Build the workflows of WORKFLOWS (every one, or those in ``names``) in the front-end at ``url`` and write
+    ``out/<name>.json``."""
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(tempfile.mkdtemp(), executable_path=shutil.which("chromium"), args=FLAGS,
                                                    headless=True, viewport={"width": 1600, "height": 1000})
@@ -364,6 +421,8 @@ def main(url, out):
         page.goto(url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60000)
         for name, (nodes, links) in WORKFLOWS.items():
+            if names and name not in names:
+                continue
             graph = json.loads(page.evaluate(JS, {"nodes": nodes, "links": links}))
             (out / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n")
             print("wrote", name, len(graph["nodes"]), "nodes", len(graph["links"]), "links")
@@ -371,4 +430,4 @@ def main(url, out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
