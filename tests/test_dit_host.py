@@ -171,3 +171,22 @@ def test_wrong_pairings_are_refused_by_name(ext, flux, tmp_path):
         _apply(ext, patcher, sd15, random_prompt(ext, 1, 6))
     with pytest.raises(errors.InputError, match="unfold_batch and frame_weights are for SD1.5/SDXL"):
         _apply(ext, patcher, xlabs, random_prompt(ext, 2, 6), unfold_batch=True)
+
+
+def test_vit_l_from_the_host_loader_feeds_a_flux_adapter(ext, flux, tmp_path):
+    """A random CLIP ViT-L/14 file in the published layout, loaded by the host's own CLIP vision loader, encoded by
+    Encode Image Prompt: its projected embeds (768) drive an XLabs adapter on the host Flux."""
+    import comfy.clip_vision
+    import flux_models as fm
+    import host_models
+    path = tmp_path / "clip-vit-large-patch14.safetensors"
+    host_models.write_random_safetensors(str(path), host_models.clip_vision_specs("l"), seed=0)
+    clip_vision = comfy.clip_vision.load(str(path))
+    with torch.inference_mode():
+        prompt = ext.host.vision.encode_image_prompt(clip_vision, torch.rand(1, 64, 48, 3))
+    assert prompt.embeds.shape == (1, 768) and prompt.hidden.shape == (1, 257, 1024)
+    adapter = _load(ext, tmp_path, fm.xlabs_adapter(3, embed=768), "xlabs.safetensors")
+    assert adapter.spec.encoder == "CLIP ViT-L/14" and prompt.encoder == "CLIP ViT-L/14"
+    patcher, _ = flux
+    cond, _ = _run(_apply(ext, patcher, adapter, prompt, 1.0))
+    assert torch.isfinite(cond).all() and not torch.equal(cond, _run(patcher)[0])
