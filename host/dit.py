@@ -2,6 +2,8 @@
 never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
 import comfy.ops
 import comfy.patcher_extension
+from comfy.ldm.flux.layers import DoubleStreamBlock
+from comfy.ldm.flux.model import Flux
 
 from ..ipadapter_core import InputError, ModelMismatchError
 from ..ipadapter_core.dit import dit_block_weights
@@ -12,9 +14,11 @@ WRAPPER_KEY = "ipadapter_latent_shape"
 
 
 def dit_blocks(model) -> dict[tuple[str, int], object]:
-    """The transformer blocks of a ModelPatcher's Flux model by ``patches_replace["dit"]`` key."""
+    """The transformer blocks of a ModelPatcher's Flux model by ``patches_replace["dit"]`` key. Only the host's
+    Flux class with its own double blocks (whose modules the image query is computed from) is accepted: models
+    built on other blocks (Chroma's, HunyuanVideo's) are refused before sampling."""
     net = model.get_model_object("diffusion_model")
-    if not (hasattr(net, "double_blocks") and hasattr(net, "single_blocks")):
+    if not (isinstance(net, Flux) and all(isinstance(b, DoubleStreamBlock) for b in net.double_blocks)):
         raise ModelMismatchError(f"this IP-Adapter is for Flux models; this model is a {type(net).__name__}. "
                                  "Load a Flux checkpoint, or use an IP-Adapter made for this model.")
     return {**{("double_block", i): b for i, b in enumerate(net.double_blocks)},
