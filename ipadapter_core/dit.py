@@ -215,3 +215,24 @@ def dit_block_weights(spec, preset: str, weight: float, custom: str = "") -> dic
                                  f"'double 0' ... 'double {len(keys) - 1}'")
             values[names[name]] = _number(value)
     return {key: weight * w for key, w in values.items() if weight * w != 0.0}
+
+
+_H94_LAYER = re.compile(r"^(\d+)\.to_[kv]_ip\.weight$")
+
+
+def unsupported_dit_layout(image_proj: Mapping, ip_layers: Mapping) -> str | None:
+    """What a nested (``image_proj`` / ``ip_adapter``) file is when it is one of the DiT adapters this extension
+    recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#not-yet-supported).
+
+    InstantX SD3.5-Large: per-block ``N.norm_ip.linear.*`` (the AdaLN of the image tokens) and a resampler with
+    ``time_embedding.*``. InstantX FLUX.1-dev: ``N.to_{k,v}_ip.weight`` on every block N = 0 ... 56 (h94 files
+    number only cross-attention layers, all odd)."""
+    if any(k.endswith(".norm_ip.linear.weight") for k in ip_layers) or "time_embedding.linear_1.weight" in image_proj:
+        return ("this is the InstantX SD3.5-Large IP-Adapter (a timestep-conditioned resampler on SigLIP features, "
+                "38 joint blocks): it is recognised but not supported yet. Use an SD1.5, SDXL or XLabs Flux "
+                "IP-Adapter")
+    numbers = {int(m[1]) for m in map(_H94_LAYER.match, ip_layers) if m}
+    if numbers == set(range(FLUX_DOUBLE_BLOCKS + FLUX_SINGLE_BLOCKS)) and len(numbers) * 2 == len(ip_layers):
+        return ("this is the InstantX FLUX.1-dev IP-Adapter (SigLIP, 57 blocks): it is recognised but not "
+                "supported yet. For Flux use the XLabs Flux IP-Adapter (flux-ip-adapter-v2) with CLIP ViT-L/14")
+    return None

@@ -6,6 +6,7 @@ from typing import Mapping
 
 import torch
 
+from .dit import unsupported_dit_layout
 from .errors import AdapterFileError, UnsupportedAdapterError
 from .layers import FAMILY_NAMES, family_for_layers
 
@@ -141,6 +142,9 @@ def detect_spec(state_dict: Mapping) -> AdapterSpec:
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
     _check_dtypes(image_proj, ip_layers)
+    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit.py)
+    if dit_message:
+        raise UnsupportedAdapterError(dit_message)
     if _is_faceid(image_proj, ip_layers):
         raise UnsupportedAdapterError(
             "this is an IP-Adapter FaceID file: it needs an insightface face embedding, not a CLIP image "

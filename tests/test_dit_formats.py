@@ -3,8 +3,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from dit_formats import FLUX_HIDDEN, T5_WIDTH, VIT_L_EMBEDS, xlabs_flux
-from ipadapter_suite.ipadapter_core import AdapterFileError, EncoderMismatchError, ImagePrompt
+from dit_formats import FLUX_HIDDEN, T5_WIDTH, VIT_L_EMBEDS, instantx_flux, instantx_sd35, xlabs_flux
+from ipadapter_suite.ipadapter_core import (AdapterFileError, EncoderMismatchError, ImagePrompt, UnsupportedAdapterError,
+                                            detect_spec)
 from ipadapter_suite.ipadapter_core.dit import build_dit_adapter, detect_dit_spec, dit_block_weights
 from ipadapter_suite.ipadapter_core.errors import InputError
 from ipadapter_suite.ipadapter_core.weights import is_dit_adapter_file, load_dit_adapter_file
@@ -89,3 +90,12 @@ def test_block_weights_linear_custom_and_refused_presets():
         dit_block_weights(spec, "custom", 1.0, "single 0=1")
     with pytest.raises(InputError, match="'style transfer' is a preset of SD1.5/SDXL.*linear or custom"):
         dit_block_weights(spec, "style transfer", 1.0)
+
+
+@pytest.mark.parametrize("make,message", [
+    (instantx_sd35, "InstantX SD3.5-Large IP-Adapter.*recognised but not supported yet"),
+    (instantx_flux, "InstantX FLUX.1-dev IP-Adapter.*use the XLabs Flux IP-Adapter"),
+])
+def test_instantx_files_are_named_not_taken_for_faceid(make, message):
+    with pytest.raises(UnsupportedAdapterError, match=message):
+        detect_spec(make())
