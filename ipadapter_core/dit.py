@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import AdapterFileError, InputError
 from .presets import _number
+from .dit_sd3 import InstantXSD35Adapter, sd35_sizes
 from .projection import ImageProjModel
 
 XLABS_PROJ = "ip_adapter_proj_model."
@@ -26,8 +27,8 @@ _XLABS_BLOCK = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_
 _XLABS_PROJ_KEYS = {f"{XLABS_PROJ}{name}" for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")}
 FLUX_DOUBLE_BLOCKS = 19
 FLUX_SINGLE_BLOCKS = 38
-DIT_FAMILY_NAMES = {"flux": "Flux"}
-DIT_ENCODERS = {("pooled", 768): "CLIP ViT-L/14"}
+DIT_FAMILY_NAMES = {"flux": "Flux", "sd35": "SD3.5 Large"}
+DIT_ENCODERS = {("pooled", 768): "CLIP ViT-L/14", ("hidden", 1152): "SigLIP so400m-384"}
 DIT_PRESETS = ("linear", "custom")  # the layer_weights presets that apply to DiT blocks
 
 
@@ -46,6 +47,10 @@ class DiTAdapterSpec:
     hidden: int
     double_blocks: tuple[int, ...]
     single_blocks: tuple[int, ...] = ()
+    resampler_dim: int = 0  # instantx_sd35: the time-conditioned resampler's sizes
+    resampler_depth: int = 0
+    resampler_heads: int = 0
+    time_dim: int = 0
 
     @property
     def encoder(self) -> str:
@@ -58,7 +63,8 @@ class DiTAdapterSpec:
 
     @property
     def describe(self) -> str:
-        names = {"xlabs_flux": f"XLabs Flux IP-Adapter ({self.tokens} tokens)"}
+        names = {"xlabs_flux": f"XLabs Flux IP-Adapter ({self.tokens} tokens)",
+                 "instantx_sd35": f"InstantX SD3.5-Large IP-Adapter ({self.tokens} tokens)"}
         return f"{names[self.kind]} (needs {self.encoder})"
 
     @property
@@ -70,7 +76,8 @@ class DiTAdapterSpec:
 
 def is_dit_layout(flat: Mapping) -> bool:
     """A flat file whose keys are one of the DiT IP-Adapter layouts (not the h94 ``image_proj.``/``ip_adapter.``)."""
-    return any(key.startswith(XLABS_PROJ) for key in flat)
+    return any(key.startswith(XLABS_PROJ) for key in flat) or any(
+        key.startswith("ip_adapter.") and key.endswith(".norm_ip.linear.weight") for key in flat)
 
 
 def _shape(flat: Mapping, key: str) -> tuple[int, ...]:
@@ -121,6 +128,8 @@ def _check_floats(flat: Mapping) -> None:
 def detect_dit_spec(flat: Mapping) -> DiTAdapterSpec:
     """The spec of a flat DiT IP-Adapter state dict (tensors or meta tensors), or AdapterFileError with the fix."""
     _check_floats(flat)
+    if not any(key.startswith(XLABS_PROJ) for key in flat):
+        return _sd35_spec(flat)
     missing = sorted(_XLABS_PROJ_KEYS - set(flat))
     if missing:
         raise AdapterFileError(f"an XLabs Flux IP-Adapter file needs {', '.join(missing)}: the file is incomplete; "
@@ -181,11 +190,23 @@ class XLabsFluxAdapter(nn.Module):
         return out
 
 
+def _sd35_spec(flat: Mapping) -> DiTAdapterSpec:
+    parts = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        part, _, rest = key.partition(".")
+        if part not in parts:
+            raise AdapterFileError(f"unexpected key '{key}' in an InstantX SD3.5 IP-Adapter file: it has only "
+                                   "'image_proj.*' and 'ip_adapter.*'")
+        parts[part][rest] = value
+    sizes = sd35_sizes(parts["image_proj"], parts["ip_adapter"])
+    return DiTAdapterSpec(kind="instantx_sd35", family="sd35", feature="hidden", **sizes)
+
+
 def build_dit_adapter(flat: Mapping, operations=nn) -> nn.Module:
     """Detect the spec, build on the meta device and load strictly (tensors are taken, not copied)."""
     spec = detect_dit_spec(flat)
     with torch.device("meta"):
-        model = XLabsFluxAdapter(spec, operations)
+        model = (XLabsFluxAdapter if spec.kind == "xlabs_flux" else InstantXSD35Adapter)(spec, operations)
     model.load_state_dict(dict(flat), strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -225,12 +246,12 @@ def unsupported_dit_layout(image_proj: Mapping, ip_layers: Mapping) -> str | Non
     recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#not-yet-supported).
 
     InstantX SD3.5-Large: per-block ``N.norm_ip.linear.*`` (the AdaLN of the image tokens) and a resampler with
-    ``time_embedding.*``. InstantX FLUX.1-dev: ``N.to_{k,v}_ip.weight`` on every block N = 0 ... 56 (h94 files
+    ``time_embedding.*`` (supported: loaded through the DiT path; only a torch file that cannot be peeked at
+    lazily ends up here). InstantX FLUX.1-dev: ``N.to_{k,v}_ip.weight`` on every block N = 0 ... 56 (h94 files
     number only cross-attention layers, all odd)."""
     if any(k.endswith(".norm_ip.linear.weight") for k in ip_layers) or "time_embedding.linear_1.weight" in image_proj:
-        return ("this is the InstantX SD3.5-Large IP-Adapter (a timestep-conditioned resampler on SigLIP features, "
-                "38 joint blocks): it is recognised but not supported yet. Use an SD1.5, SDXL or XLabs Flux "
-                "IP-Adapter")
+        return ("this is the InstantX SD3.5-Large IP-Adapter in a torch file that cannot be opened lazily (an old "
+                "torch.save format): save it again as .safetensors (keys 'image_proj.*', 'ip_adapter.*')")
     numbers = {int(m[1]) for m in map(_H94_LAYER.match, ip_layers) if m}
     if numbers == set(range(FLUX_DOUBLE_BLOCKS + FLUX_SINGLE_BLOCKS)) and len(numbers) * 2 == len(ip_layers):
         return ("this is the InstantX FLUX.1-dev IP-Adapter (SigLIP, 57 blocks): it is recognised but not "

@@ -6,6 +6,7 @@ K'/V' are the image tokens projected with bias, split into the block's heads. ``
 from the block's modules, lets the block (or the patch that was there before) run unchanged, and adds each
 stacked adapter's branch to the image tokens. Pure torch: the attention and the weight access are injected.
 """
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import Branch, _scale, prompt_tokens
+from .dit_sd3 import StepTokens, sd35_image_attention, sd35_query_key
 from .frames import FrameData, call_rows, chunk_rows
 from .image_prompt import ImagePrompt
 
@@ -123,3 +125,87 @@ class DiTBlockPatch:
             added = added + ip * _scale(branch, sigmas, added.dtype)
         return {**out, "img": added}
 
+
+
+@dataclass(frozen=True)
+class StepBranch:
+    """One SD3.5 adapter's contribution to one joint block: its weights there, the call's tokens (shared by the
+    application's blocks), the weight, sigma range, curve and mask."""
+    block: object  # dit_sd3.SD35Block
+    tokens: StepTokens
+    weight: float
+    sigma_range: tuple[float, float] | None = None
+    schedule: tuple[torch.Tensor, torch.Tensor] | None = None
+    frames: FrameData | None = None
+
+
+@torch.no_grad()
+def build_sd35_branches(adapter, prompt: ImagePrompt, block_weights: Mapping[tuple[str, int], float], timestep_of,
+                        sigma_range=None, *, schedule=None, mask=None) -> dict[tuple[str, int], StepBranch]:
+    """{block key: StepBranch}; the hidden states are kept and resampled at each call (the resampler reads the
+    timestep)."""
+    prompt.check_fits(adapter.spec)
+    cond, uncond = prompt.features("hidden")  # (n, P, W) each
+    tokens = StepTokens(adapter, cond.detach().float(), uncond.detach().float(), timestep_of)
+    frames = None if mask is None else FrameData(None, 0, mask.detach().float().cpu(), None)
+    return {key: StepBranch(adapter.ip_adapter[str(key[1])], tokens, w, sigma_range, schedule, frames)
+            for key, w in block_weights.items()}
+
+
+class SD35BlockPatch:
+    """``patches_replace["dit"]`` entry of one MMDiT joint block for InstantX SD3.5 adapters: the block (or the
+    patch that was there, ``inner``) runs with an ``optimized_attention_override`` in a copy of its
+    transformer_options that adds each branch's image attention to the image tokens' part of the joint attention
+    output, before the block's output projection (where the reference adds it). Immutable; shared by deepcopy."""
+
+    def __init__(self, block, branches: tuple[StepBranch, ...], *, patch_size: int = 2, weights=own_weights,
+                 inner=None):
+        self.block, self.branches, self.patch_size, self.weights, self.inner = (
+            block, tuple(branches), patch_size, weights, inner)
+
+    def stacked(self, branch: StepBranch) -> "SD35BlockPatch":
+        return SD35BlockPatch(self.block, self.branches + (branch,), patch_size=self.patch_size,
+                              weights=self.weights, inner=self.inner)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        if hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device_or_dtype)
+        return self
+
+    def models(self):
+        return self.inner.models() if hasattr(self.inner, "models") else []
+
+    def _image_terms(self, options, rows, q, k, v, device, dtype) -> torch.Tensor:
+        """Sum over the branches of weight x mask x the image attention, (B, L, h*d)."""
+        sigmas = options.get("sigmas")
+        total = 0
+        for branch in self.branches:
+            tokens, temb = branch.tokens.get(sigmas, rows, chunk_rows, device, dtype)
+            k_ip, v_ip = branch.block.keys_values(tokens, temb)  # (B, h, N, d)
+            ip = sd35_image_attention(branch.block, q, k, v, k_ip, v_ip)  # (B, L, h*d)
+            if branch.frames is not None:
+                ip = ip * _token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
+            total = total + ip * _scale(branch, sigmas, dtype)
+        return total
+
+    def __call__(self, args, extra):
+        img, txt = args["img"], args["txt"]
+        options = args.get("transformer_options") or {}
+        rows = call_rows(options, img.shape[0])
+        q, k = sd35_query_key(self.block, img, args["vec"], self.weights)  # (B, h, L, d), before the block
+        context, length = (0 if txt is None else txt.shape[1]), img.shape[1]
+        previous = options.get("optimized_attention_override")
+
+        def override(func, *a, **kw):
+            out = previous(func, *a, **kw) if previous is not None else func(*a, **kw)
+            if a[0].shape[1] != context + length:  # not the joint attention (the x-only attention of some blocks)
+                return out
+            v = a[2][:, context:].reshape(img.shape[0], length, q.shape[1], -1).transpose(1, 2)  # (B, h, L, d)
+            added = out[:, context:] + self._image_terms(options, rows, q, k, v, out.device, out.dtype)
+            return torch.cat([out[:, :context], added], dim=1)  # (B, T+L, h*d)
+
+        args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
+        return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)

@@ -95,7 +95,7 @@ def is_dit_adapter_file(path) -> bool:
     is read); anything unreadable is left to ``load_adapter_file`` to report."""
     path = Path(path)
     if path.suffix != ".safetensors":
-        return False
+        return is_dit_layout(_peek_pickle(path))
     try:
         with safetensors.safe_open(str(path), "pt") as f:
             return is_dit_layout(dict.fromkeys(f.keys()))
@@ -103,10 +103,33 @@ def is_dit_adapter_file(path) -> bool:
         return False
 
 
+def _peek_pickle(path: Path) -> dict:
+    """The flattened key names of a weights-only torch file, its tensors memory-mapped (not read); {} when it
+    cannot be opened that way (an old format, a broken file: the h94 loader then reports it)."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types here; the full read names the problem
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if set(PARTS) <= set(data) and all(isinstance(data[p], dict) for p in PARTS):
+        return flatten(data)
+    return data
+
+
+def _read_dit(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    data = _read_pickle(path)
+    if set(PARTS) <= set(data) and all(isinstance(data[p], dict) for p in PARTS):
+        return flatten(data)
+    return data
+
+
 def load_dit_adapter_file(path, operations=None):
     """A DiT IP-Adapter file -> its module, checked (layout, shapes, finite values) and strictly loaded."""
     path = Path(path)
-    flat = _read_safetensors(path)
+    flat = _read_dit(path)
     try:
         detect_dit_spec(flat)
     except AdapterFileError as exc:

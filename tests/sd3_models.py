@@ -83,3 +83,41 @@ def diffusers_velocity(twin, x, sigma, context, pooled, joint_attention_kwargs=N
         return twin(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
                     timestep=torch.full((x.shape[0],), float(sigma) * 1000.0),
                     joint_attention_kwargs=joint_attention_kwargs).sample
+
+
+def instantx_adapter(seed, blocks=BLOCKS, width=64 * DEPTH, dim=64, time_dim=32, tokens=8, embed=48):
+    """An InstantX SD3.5 IP-Adapter state dict (the file's two parts) at tiny sizes diffusers' loader accepts:
+    resampler depth 4 and head width 64 (its fixed values), token width = the model width."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2, one=False):
+        return (1.0 if one else 0.0) + torch.randn(shape, generator=g) * scale
+
+    proj = {"latents": rand(1, tokens, dim), "proj_in.weight": rand(dim, embed), "proj_in.bias": rand(dim),
+            "proj_out.weight": rand(width, dim), "proj_out.bias": rand(width), "norm_out.weight": rand(width, one=True),
+            "norm_out.bias": rand(width), "time_embedding.linear_1.weight": rand(dim, time_dim),
+            "time_embedding.linear_1.bias": rand(dim), "time_embedding.linear_2.weight": rand(dim, dim),
+            "time_embedding.linear_2.bias": rand(dim)}
+    for i in range(4):
+        p = f"layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            proj[p + norm + ".weight"], proj[p + norm + ".bias"] = rand(dim, one=True), rand(dim)
+        proj.update({p + "0.to_q.weight": rand(dim, dim), p + "0.to_kv.weight": rand(2 * dim, dim),
+                     p + "0.to_out.weight": rand(dim, dim), p + "1.1.weight": rand(4 * dim, dim),
+                     p + "1.3.weight": rand(dim, 4 * dim), p + "2.1.weight": rand(4 * dim, dim),
+                     p + "2.1.bias": rand(4 * dim)})
+    layers = {}
+    for i in range(blocks):
+        layers.update({f"{i}.norm_ip.linear.weight": rand(2 * width, dim), f"{i}.norm_ip.linear.bias": rand(2 * width),
+                       f"{i}.to_k_ip.weight": rand(width, width, scale=0.3),
+                       f"{i}.to_v_ip.weight": rand(width, width, scale=0.3),
+                       f"{i}.norm_q.weight": rand(64, one=True), f"{i}.norm_k.weight": rand(64, one=True),
+                       f"{i}.norm_ip_k.weight": rand(64, one=True)})
+    return {"image_proj": proj, "ip_adapter": layers}
+
+
+def diffusers_load_instantx(twin, state_dict, scale):
+    twin._load_ip_adapter_weights(state_dict, low_cpu_mem_usage=False)
+    for proc in twin.attn_processors.values():
+        proc.scale = scale
+    return twin.float().eval()

@@ -92,10 +92,29 @@ def test_block_weights_linear_custom_and_refused_presets():
         dit_block_weights(spec, "style transfer", 1.0)
 
 
-@pytest.mark.parametrize("make,message", [
-    (instantx_sd35, "InstantX SD3.5-Large IP-Adapter.*recognised but not supported yet"),
-    (instantx_flux, "InstantX FLUX.1-dev IP-Adapter.*use the XLabs Flux IP-Adapter"),
-])
-def test_instantx_files_are_named_not_taken_for_faceid(make, message):
-    with pytest.raises(UnsupportedAdapterError, match=message):
-        detect_spec(make())
+def test_instantx_flux_is_named_not_taken_for_faceid():
+    with pytest.raises(UnsupportedAdapterError, match="InstantX FLUX.1-dev IP-Adapter.*use the XLabs Flux"):
+        detect_spec(instantx_flux())
+
+
+def _flat(nested):
+    return {f"{part}.{key}": value for part, values in nested.items() for key, value in values.items()}
+
+
+def test_instantx_sd35_detects_and_loads_strictly():
+    flat = _flat(instantx_sd35())
+    spec = detect_dit_spec(flat)
+    assert (spec.kind, spec.family, spec.feature, spec.tokens, spec.encoder) == (
+        "instantx_sd35", "sd35", "hidden", 64, "SigLIP so400m-384")
+    assert (spec.encoder_width, spec.cross_attention_dim, spec.hidden) == (1152, 2432, 2432)
+    assert (spec.resampler_dim, spec.resampler_depth, spec.resampler_heads, spec.time_dim) == (1280, 4, 20, 320)
+    assert spec.block_keys == tuple(("double_block", i) for i in range(38))
+    model = build_dit_adapter(flat)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def test_incomplete_sd35_file_is_named():
+    flat = _flat(instantx_sd35())
+    del flat["ip_adapter.12.norm_ip_k.weight"]
+    with pytest.raises(AdapterFileError, match=r"incomplete: \[12\]"):
+        detect_dit_spec(flat)
