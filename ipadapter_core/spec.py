@@ -13,7 +13,8 @@ from .layers import FAMILY_NAMES, family_for_layers
 # Image encoders IP-Adapters are trained on, by the width of what they feed the projection.
 # pooled: the projected `image_embeds`; hidden: the penultimate hidden states.
 ENCODERS_BY_POOLED_WIDTH = {1024: "OpenCLIP ViT-H/14", 1280: "OpenCLIP ViT-bigG/14", 768: "CLIP ViT-L/14"}
-ENCODERS_BY_HIDDEN_WIDTH = {1280: "OpenCLIP ViT-H/14", 1664: "OpenCLIP ViT-bigG/14", 1024: "CLIP ViT-L/14"}
+ENCODERS_BY_HIDDEN_WIDTH = {1280: "OpenCLIP ViT-H/14", 1664: "OpenCLIP ViT-bigG/14", 1024: "CLIP ViT-L/14",
+                            1152: "SigLIP so400m-384"}
 
 _LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 _BASE_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
