@@ -71,16 +71,22 @@ def _image(seed, hole=False, width=64):
 
 def _placeholder(path, session_files):
     """A file the host lists (so a workflow naming it loads), holding no model."""
+    if str(path).endswith(".bin"):
+        torch.save({"placeholder": torch.zeros(1)}, str(path))
+        return
     import safetensors.torch
     safetensors.torch.save_file({"placeholder": torch.zeros(1)}, str(path))
 
 
-FLUX_REASON = ("FLUX.1-dev needs the T5-XXL text encoder, whose size the host fixes (4.7B parameters, 9.5 GB in "
-               "fp16): no stand-in runs on the test host in time")
-_FLUX_FILES = {"flux1-dev.safetensors": "models/diffusion_models", "t5xxl_fp16.safetensors": "models/text_encoders",
-               "clip_l.safetensors": "models/text_encoders", "ae.safetensors": "models/vae",
-               "clip-vit-large-patch14.safetensors": "models/clip_vision",
-               "flux-ip-adapter-v2.safetensors": "models/ipadapter"}
+T5_REASON = ("FLUX.1-dev and SD3.5 Large read the T5-XXL text encoder, whose size the host fixes (4.7B parameters, "
+             "9.5 GB in fp16): no stand-in runs on the test host in time")
+_DIT_FILES = {"flux1-dev.safetensors": "models/diffusion_models", "t5xxl_fp16.safetensors": "models/text_encoders",
+              "clip_l.safetensors": "models/text_encoders", "ae.safetensors": "models/vae",
+              "clip-vit-large-patch14.safetensors": "models/clip_vision",
+              "flux-ip-adapter-v2.safetensors": "models/ipadapter",
+              "sd3.5_large.safetensors": "models/checkpoints", "clip_g.safetensors": "models/text_encoders",
+              "sigclip_vision_patch14_384.safetensors": "models/clip_vision",
+              "ip-adapter-sd3.5-large.bin": "models/ipadapter"}
 
 REGISTRY = {
     "v1-5-pruned-emaonly.safetensors": ModelFile("models/checkpoints", _shared("sd15")),
@@ -96,7 +102,7 @@ REGISTRY = {
     "image_prompts/example_prompt.safetensors": ModelFile("input", _saved_prompt),
 }
 REGISTRY.update({f"{stem}.safetensors": ModelFile("models/ipadapter", _adapter(stem)) for stem in OFFICIAL})
-REGISTRY.update({name: ModelFile(folder, _placeholder, not_runnable=FLUX_REASON) for name, folder in _FLUX_FILES.items()})
+REGISTRY.update({name: ModelFile(folder, _placeholder, not_runnable=T5_REASON) for name, folder in _DIT_FILES.items()})
 
 
 def named_files(workflow):
