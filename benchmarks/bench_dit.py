@@ -1,13 +1,15 @@
-"""Cost of the Flux (XLabs) IP-Adapter patch, as ratios against the unpatched model measured in the same run.
+"""Cost of the DiT IP-Adapter patches, as ratios against the unpatched model measured in the same run.
 
-    python benchmarks/bench_dit.py [--hidden 512] [--heads 4] [--latent 32] [--text 64] [--tokens 16] [--steps 5]
+    python benchmarks/bench_dit.py [--family flux|sd35] [--hidden 512] [--heads 4] [--latent 32] [--text 64]
+                                   [--tokens 16] [--steps 5]
 
-Builds the host's own Flux (``comfy.ldm.flux.model.Flux``) with the real block structure (19 double and 38 single
+flux: the host's own Flux (``comfy.ldm.flux.model.Flux``) with the real block structure (19 double and 38 single
 blocks) at the given width with random weights, and an XLabs adapter with its real token width (4096) and token
-count (4 or 16) for that width, and measures:
+count (4 or 16) for that width. sd35: the host's MMDiT with SD3.5 Large's 38 joint blocks at the given width and
+an InstantX adapter with its real resampler. Measures:
   1. one sampling step (cond + uncond rows in one batch, the host's calc_cond_batch): unpatched vs patched,
      interleaved, medians -> ratio (target <= 1.05);
-  2. Apply IP-Adapter (projecting the tokens, K'/V' of 19 blocks): median time, against one unpatched step.
+  2. Apply IP-Adapter (flux: projecting the tokens, K'/V' of 19 blocks): median time, against one step.
 Needs the ComfyUI host (COMFYUI_PATH or $HOME/ComfyUI). Prints a table; asserts nothing.
 """
 import argparse
@@ -34,31 +36,48 @@ def median_time(fn, repeat):
     return statistics.median(times)
 
 
-def build(args):
-    """(plain patcher, adapter, image prompt, step inputs)."""
-    import safetensors.torch
-
+def _flux(args, g):
+    """The host Flux, an XLabs adapter file's tensors (real token width 4096), the prompt's feature shapes."""
     import flux_models as fm
+    patcher = fm.host_flux(seed=0, hidden=args.hidden, heads=args.heads)
+    flat = fm.xlabs_adapter(1, tokens=args.tokens, hidden=args.hidden, width=4096, embed=768)
+    features = (torch.randn(1, 768, generator=g), torch.randn(1, 257, 1024, generator=g))
+    return patcher, flat, features, (fm.CONTEXT, fm.VEC)
+
+
+def _sd35(args, g):
+    """The host MMDiT (38 joint blocks, width 64 * depth), an InstantX adapter's tensors (64 tokens, the real
+    resampler sizes 1280 / 20 heads / 320), SigLIP-sized features (729 x 1152)."""
+    import sd3_models as sm
+    depth = args.hidden // 64
+    patcher = sm.host_sd3(seed=0, depth=depth)
+    nested = sm.instantx_adapter(1, width=64 * depth, dim=1280, time_dim=320, tokens=64, embed=1152)
+    flat = {f"{part}.{k}": v for part in nested for k, v in nested[part].items()}
+    features = (torch.randn(1, 1152, generator=g), torch.randn(1, 729, 1152, generator=g))
+    return patcher, flat, features, (sm.CONTEXT, sm.POOLED)
+
+
+def build(args):
+    """(extension, plain patcher, adapter, image prompt, latent, conds)."""
+    import safetensors.torch
     ext = launch.import_extension()
     launch.submodule("nodes")  # the host-facing parts (the ipadapter model folder)
-    patcher = fm.host_flux(seed=0, hidden=args.hidden, heads=args.heads)
-    sd = fm.xlabs_adapter(1, tokens=args.tokens, hidden=args.hidden, width=4096, embed=768)
-    path = Path(tempfile.mkdtemp()) / "xlabs.safetensors"
-    safetensors.torch.save_file(sd, str(path))
-    adapter = ext.host.files.load_adapter(str(path))
     g = torch.Generator().manual_seed(0)
-    prompt = ext.ipadapter_core.with_default_uncond(torch.randn(1, 768, generator=g),
-                                                    torch.randn(1, 257, 1024, generator=g),
-                                                    torch.randn(1, 257, 1024, generator=g))
+    patcher, flat, (embeds, hidden), (context, pooled) = (_flux if args.family == "flux" else _sd35)(args, g)
+    path = Path(tempfile.mkdtemp()) / "adapter.safetensors"
+    safetensors.torch.save_file(flat, str(path))
+    adapter = ext.host.files.load_adapter(str(path))
+    prompt = ext.ipadapter_core.with_default_uncond(embeds, hidden, torch.randn(hidden.shape, generator=g))
     x = torch.randn(1, 16, args.latent, args.latent, generator=g)
-    conds = [(torch.randn(1, args.text, fm.CONTEXT, generator=g), torch.randn(1, fm.VEC, generator=g))
+    conds = [(torch.randn(1, args.text, context, generator=g), torch.randn(1, pooled, generator=g))
              for _ in range(2)]
     return ext, patcher, adapter, prompt, x, conds
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--family", choices=("flux", "sd35"), default="flux")
+    parser.add_argument("--hidden", type=int, default=512, help="model width (sd35: a multiple of 64)")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--latent", type=int, default=32, help="latent side (tokens: (side/2)^2)")
     parser.add_argument("--text", type=int, default=64, help="text tokens")
@@ -84,8 +103,13 @@ def main():
     plain_s, patched_s = (statistics.median(times[n]) for n in ("plain", "patched"))
     apply_s = median_time(apply, 5)
     tokens = (args.latent // 2) ** 2
-    print(f"Flux, 19 double + 38 single blocks, hidden {args.hidden} ({args.heads} heads), {tokens} image + "
-          f"{args.text} text tokens, cond + uncond rows; XLabs adapter with {args.tokens} tokens of width 4096")
+    if args.family == "flux":
+        print(f"Flux, 19 double + 38 single blocks, hidden {args.hidden} ({args.heads} heads), {tokens} image + "
+              f"{args.text} text tokens, cond + uncond rows; XLabs adapter with {args.tokens} tokens of width 4096")
+    else:
+        print(f"SD3.5-Large-shaped MMDiT, 38 joint blocks, hidden {args.hidden} ({args.hidden // 64} heads), "
+              f"{tokens} image + {args.text} text tokens, cond + uncond rows; InstantX adapter, 64 tokens, "
+              "resampler 1280 wide over 729 SigLIP tokens (run at every step)")
     print("| measure | time | ratio |\n|---|---|---|")
     print(f"| sampling step, unpatched | {plain_s * 1e3:.0f} ms | 1.000 |")
     print(f"| sampling step, patched | {patched_s * 1e3:.0f} ms | {patched_s / plain_s:.3f} |")

@@ -9,7 +9,7 @@ from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 from ..ipadapter_core import InputError, ModelMismatchError
 from ..ipadapter_core.dit import dit_block_weights
 from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, DiTBlockPatch, SD35BlockPatch, build_dit_branches,
-                                            build_sd35_branches)
+                                            build_sd35_branches, with_norm_ratios)
 from .unet import ATTENTION
 
 WRAPPER_KEY = "ipadapter_latent_shape"
@@ -99,6 +99,7 @@ def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, option
         timestep_of = model.get_model_object("model_sampling").timestep
         branches = build_sd35_branches(adapter.model, prompt, weights, timestep_of, sigma_range, schedule=schedule,
                                        mask=mask)
+        branches = with_norm_ratios(branches, _family_blocks(model, "sd35"))
         make = lambda block, branch, previous: SD35BlockPatch(  # noqa: E731
             block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
         kind = SD35BlockPatch

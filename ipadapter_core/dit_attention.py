@@ -6,7 +6,7 @@ K'/V' are the image tokens projected with bias, split into the block's heads. ``
 from the block's modules, lets the block (or the patch that was there before) run unchanged, and adds each
 stacked adapter's branch to the image tokens. Pure torch: the attention and the weight access are injected.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import Branch, _scale, prompt_tokens
-from .dit_sd3 import StepTokens, sd35_image_attention, sd35_query_key
+from .dit_sd3 import StepTokens, norm_ratio, sd35_image_attention, sd35_query_key
 from .frames import FrameData, call_rows, chunk_rows
 from .image_prompt import ImagePrompt
 
@@ -137,6 +137,18 @@ class StepBranch:
     sigma_range: tuple[float, float] | None = None
     schedule: tuple[torch.Tensor, torch.Tensor] | None = None
     frames: FrameData | None = None
+    ratios: tuple[torch.Tensor, torch.Tensor] | None = None  # (q, k) model-norm -> adapter-norm factors (d,)
+
+
+def with_norm_ratios(branches: Mapping, joint_blocks: Mapping) -> dict:
+    """Each branch with the factors that turn its joint block's own normed q/k into the adapter's (``norm_ratio``),
+    or unchanged when the block's norms do not allow it."""
+    out = {}
+    for key, branch in branches.items():
+        attn = joint_blocks[key].x_block.attn
+        q, k = norm_ratio(attn.ln_q, branch.block.norm_q), norm_ratio(attn.ln_k, branch.block.norm_k)
+        out[key] = branch if q is None or k is None else replace(branch, ratios=(q, k))
+    return out
 
 
 @torch.no_grad()
@@ -178,14 +190,15 @@ class SD35BlockPatch:
     def models(self):
         return self.inner.models() if hasattr(self.inner, "models") else []
 
-    def _image_terms(self, options, rows, q, k, v, device, dtype) -> torch.Tensor:
-        """Sum over the branches of weight x mask x the image attention, (B, L, h*d)."""
+    def _image_terms(self, options, rows, qk, v, device, dtype) -> torch.Tensor:
+        """Sum over the branches of weight x mask x the image attention, (B, L, h*d). ``qk``: the image tokens'
+        (q, k) as the model normed them, and the raw ones or None, each (B, h, L, d)."""
         sigmas = options.get("sigmas")
         total = 0
         for branch in self.branches:
             tokens, temb = branch.tokens.get(sigmas, rows, chunk_rows, device, dtype)
             k_ip, v_ip = branch.block.keys_values(tokens, temb)  # (B, h, N, d)
-            ip = sd35_image_attention(branch.block, q, k, v, k_ip, v_ip)  # (B, L, h*d)
+            ip = _branch_attention(branch, qk, v, k_ip, v_ip)  # (B, L, h*d)
             if branch.frames is not None:
                 ip = ip * _token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
             total = total + ip * _scale(branch, sigmas, dtype)
@@ -195,17 +208,31 @@ class SD35BlockPatch:
         img, txt = args["img"], args["txt"]
         options = args.get("transformer_options") or {}
         rows = call_rows(options, img.shape[0])
-        q, k = sd35_query_key(self.block, img, args["vec"], self.weights)  # (B, h, L, d), before the block
+        raw = None  # the raw q, k (B, h, L, d), recomputed only for branches without norm ratios
+        if any(b.ratios is None for b in self.branches):
+            raw = sd35_query_key(self.block, img, args["vec"], self.weights)
         context, length = (0 if txt is None else txt.shape[1]), img.shape[1]
+        heads = self.block.x_block.attn.num_heads
         previous = options.get("optimized_attention_override")
 
         def override(func, *a, **kw):
             out = previous(func, *a, **kw) if previous is not None else func(*a, **kw)
             if a[0].shape[1] != context + length:  # not the joint attention (the x-only attention of some blocks)
                 return out
-            v = a[2][:, context:].reshape(img.shape[0], length, q.shape[1], -1).transpose(1, 2)  # (B, h, L, d)
-            added = out[:, context:] + self._image_terms(options, rows, q, k, v, out.device, out.dtype)
+            q, k, v = (t[:, context:].reshape(img.shape[0], length, heads, -1).transpose(1, 2) for t in a[:3])
+            added = out[:, context:] + self._image_terms(options, rows, (q, k, raw), v, out.device, out.dtype)
             return torch.cat([out[:, :context], added], dim=1)  # (B, T+L, h*d)
 
         args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
         return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
+
+
+def _branch_attention(branch: StepBranch, qk, v, k_ip, v_ip) -> torch.Tensor:
+    """One branch's image attention from the model's normed q/k (times the norm ratios) or the raw ones."""
+    q_model, k_model, raw = qk
+    if branch.ratios is None:
+        return sd35_image_attention(branch.block, *raw, v, k_ip, v_ip)
+    q_ratio, k_ratio = (r.to(device=v.device, dtype=v.dtype) for r in branch.ratios)
+    keys = torch.cat([k_model * k_ratio, k_ip], dim=2)  # (B, h, L+N, d)
+    out = F.scaled_dot_product_attention(q_model * q_ratio, keys, torch.cat([v, v_ip], dim=2))  # (B, h, L, d)
+    return rearrange(out, "b h l d -> b l (h d)")

@@ -239,3 +239,16 @@ class StepTokens:
         temb = temb[::images]
         self._call = (sigmas, rows, device, dtype, tokens, temb)
         return tokens, temb
+
+
+def norm_ratio(model_norm, adapter_norm: RMSNorm) -> torch.Tensor | None:
+    """(d,) factor turning the model's RMS-normed q or k into the adapter's: both normalise the same raw vector
+    with the same eps and differ only in their weights, so adapter(x) = model(x) * (w_adapter / w_model). None when
+    that does not hold (another norm, another eps, a zero weight): the raw q/k are then recomputed."""
+    weight = getattr(model_norm, "weight", None)
+    if weight is None or getattr(model_norm, "eps", None) != adapter_norm.eps or getattr(weight, "is_meta", False):
+        return None
+    weight = weight.detach().float().cpu()
+    if weight.shape != adapter_norm.weight.shape or not bool((weight != 0).all()):
+        return None
+    return adapter_norm.weight.detach().float().cpu() / weight

@@ -19,16 +19,17 @@ DEPTH, BLOCKS, CONTEXT, POOLED, POS = 2, 38, 32, 16, 16
 SIGMA = 0.6
 
 
-def sd3_config(blocks=BLOCKS):
-    return dict(in_channels=16, out_channels=16, patch_size=2, depth=DEPTH, num_blocks=blocks, adm_in_channels=POOLED,
+def sd3_config(blocks=BLOCKS, depth=DEPTH):
+    return dict(in_channels=16, out_channels=16, patch_size=2, depth=depth, num_blocks=blocks, adm_in_channels=POOLED,
                 context_embedder_config={"target": "torch.nn.Linear",
-                                         "params": {"in_features": CONTEXT, "out_features": 64 * DEPTH}},
+                                         "params": {"in_features": CONTEXT, "out_features": 64 * depth}},
                 pos_embed_max_size=POS, num_patches=POS * POS, pos_embed_scaling_factor=None, qk_norm="rms",
                 input_size=None)
 
 
-def host_sd3(seed=0, blocks=BLOCKS):
-    model_config = comfy.supported_models.SD3(sd3_config(blocks))
+def host_sd3(seed=0, blocks=BLOCKS, depth=DEPTH):
+    """The host's ModelPatcher of a tiny SD3.5-Large-shaped MMDiT (width 64 * depth, fp32, CPU)."""
+    model_config = comfy.supported_models.SD3(sd3_config(blocks, depth))
     model_config.set_inference_dtype(torch.float32, None)
     offload = comfy.model_management.unet_offload_device()
     model = comfy.model_base.SD3(model_config, device=offload)

@@ -135,3 +135,22 @@ def test_hooks_only_and_wrong_pairings(ext, sd3, tmp_path):
     safetensors.torch.save_file(fm.xlabs_adapter(3), str(xlabs_path))
     with pytest.raises(errors.ModelMismatchError, match="for Flux models; this model is a OpenAISignatureMMDIT"):
         _apply(ext, patcher, ext.host.files.load_adapter(str(xlabs_path)), random_prompt(ext, 1, 6))
+
+
+def test_norm_ratio_path_equals_recomputing_the_raw_query_and_key(ext, sd3, tmp_path):
+    """The branch reads the model's own normed q/k times w_adapter / w_model; with the ratios removed it recomputes
+    the raw q/k from the block's weights (the path for models whose norms allow no ratio): both agree."""
+    import dataclasses
+
+    import sd3_models as sm
+    patcher, _ = sd3
+    patched = _apply(ext, patcher, _load(ext, tmp_path, sm.instantx_adapter(9)), random_prompt(ext, 1, 4))
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert all(p.branches[0].ratios is not None for p in dit.values())
+    recompute = patched.clone()
+    for (kind, i), patch in dit.items():
+        branches = tuple(dataclasses.replace(b, ratios=None) for b in patch.branches)
+        recompute.set_model_patch_replace(type(patch)(patch.block, branches, patch_size=patch.patch_size,
+                                                      weights=patch.weights, inner=patch.inner), "dit", kind, i)
+    fast, slow = _run(patched), _run(recompute)
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(fast, slow))
