@@ -9,7 +9,9 @@ count (4 or 16) for that width. sd35: the host's MMDiT with SD3.5 Large's 38 joi
 an InstantX adapter with its real resampler. Measures:
   1. one sampling step (cond + uncond rows in one batch, the host's calc_cond_batch): unpatched vs patched,
      interleaved, medians -> ratio (target <= 1.05);
-  2. Apply IP-Adapter (flux: projecting the tokens, K'/V' of 19 blocks): median time, against one step.
+  2. Apply IP-Adapter (flux: projecting the tokens, K'/V' of 19 blocks): median time, against one step;
+  3. flux: one double block bare vs through its patch, many interleaved calls (less exposed to a shared
+     machine's noise than whole steps), and the step ratio it implies.
 Needs the ComfyUI host (COMFYUI_PATH or $HOME/ComfyUI). Prints a table; asserts nothing.
 """
 import argparse
@@ -74,6 +76,37 @@ def build(args):
     return ext, patcher, adapter, prompt, x, conds
 
 
+def block_times(patched, plain_step_s, x, conds, repeat):
+    """Flux: one double block's call, bare vs through its IP-Adapter patch, on the inputs a sampling step gives
+    it (recorded from a real step), interleaved medians; and the step ratio this implies (19 blocks)."""
+    import flux_models as fm
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    key = ("double_block", 0)
+    patch, seen = dit[key], {}
+
+    def record(args, extra):
+        seen.update(args=args, extra=extra)
+        return patch(args, extra)
+
+    patched.set_model_patch_replace(record, "dit", *key)
+    fm.host_velocity(patched, x, fm.SIGMA, conds)
+    patched.set_model_patch_replace(patch, "dit", *key)
+    args, block = seen["args"], patch.block
+
+    def original(a):  # the host's own wrapper closes over its loop variable: call the block itself
+        img, txt = block(img=a["img"], txt=a["txt"].clone(), vec=a["vec"], pe=a["pe"], attn_mask=a.get("attn_mask"),
+                         transformer_options=a["transformer_options"])  # the block adds to txt in place
+        return {"img": img, "txt": txt}
+
+    bare, hooked = [], []
+    with torch.no_grad():
+        for _ in range(repeat):
+            bare.append(median_time(lambda: original(args), 1))
+            hooked.append(median_time(lambda: patch(args, {"original_block": original}), 1))
+    bare_s, hooked_s = statistics.median(bare), statistics.median(hooked)
+    return bare_s, hooked_s, 1 + len(dit) * (hooked_s - bare_s) / plain_step_s
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=("flux", "sd35"), default="flux")
@@ -83,6 +116,7 @@ def main():
     parser.add_argument("--text", type=int, default=64, help="text tokens")
     parser.add_argument("--tokens", type=int, default=16, choices=(4, 16))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--block-repeat", type=int, default=40, help="interleaved calls of one block (flux)")
     args = parser.parse_args()
     launch.import_host(cpu=not torch.cuda.is_available())
     import flux_models as fm
@@ -114,6 +148,11 @@ def main():
     print(f"| sampling step, unpatched | {plain_s * 1e3:.0f} ms | 1.000 |")
     print(f"| sampling step, patched | {patched_s * 1e3:.0f} ms | {patched_s / plain_s:.3f} |")
     print(f"| Apply IP-Adapter | {apply_s * 1e3:.1f} ms | {apply_s / plain_s:.3f} of a step |")
+    if args.family == "flux":
+        bare_s, hooked_s, implied = block_times(patched, plain_s, x, conds, args.block_repeat)
+        print(f"| double block 0, bare | {bare_s * 1e3:.2f} ms | 1.000 |")
+        print(f"| double block 0, through the patch | {hooked_s * 1e3:.2f} ms | {hooked_s / bare_s:.3f} |")
+        print(f"| step implied by the block figures (19 blocks) | | {implied:.3f} |")
 
 
 if __name__ == "__main__":

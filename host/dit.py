@@ -1,5 +1,5 @@
-"""Apply a DiT IP-Adapter (Flux, SD3.5) through the host's ``patches_replace["dit"]`` block hooks: the model's forward is
-never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
+"""Apply a DiT IP-Adapter (Flux, SD3.5) through the host's ``patches_replace["dit"]`` block hooks: the model's
+forward is never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
 import comfy.ops
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import DoubleStreamBlock

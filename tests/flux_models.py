@@ -126,7 +126,8 @@ def diffusers_load_xlabs(twin, adapters, scales):
     """Our conversion of XLabs files into diffusers' IP layout, loaded by diffusers' own loader."""
     converted = []
     for sd in adapters:
-        width, embed = sd["ip_adapter_proj_model.norm.weight"].shape[0], sd["ip_adapter_proj_model.proj.weight"].shape[1]
+        width = sd["ip_adapter_proj_model.norm.weight"].shape[0]
+        embed = sd["ip_adapter_proj_model.proj.weight"].shape[1]
         # a 4-token placeholder: the loader insists on an image projection it can size; the tokens are made by
         # diffusers_tokens and passed in (module docstring)
         proj = {"proj.weight": torch.zeros(4 * width, embed), "proj.bias": torch.zeros(4 * width),

@@ -4,8 +4,8 @@ import safetensors.torch
 import torch
 
 from dit_formats import FLUX_HIDDEN, T5_WIDTH, VIT_L_EMBEDS, instantx_flux, instantx_sd35, xlabs_flux
-from ipadapter_suite.ipadapter_core import (AdapterFileError, EncoderMismatchError, ImagePrompt, UnsupportedAdapterError,
-                                            detect_spec)
+from ipadapter_suite.ipadapter_core import (AdapterFileError, EncoderMismatchError, ImagePrompt,
+                                            UnsupportedAdapterError, detect_spec)
 from ipadapter_suite.ipadapter_core.dit import build_dit_adapter, detect_dit_spec, dit_block_weights
 from ipadapter_suite.ipadapter_core.errors import InputError
 from ipadapter_suite.ipadapter_core.weights import is_dit_adapter_file, load_dit_adapter_file
