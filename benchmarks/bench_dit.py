@@ -117,7 +117,11 @@ def main():
     parser.add_argument("--tokens", type=int, default=16, choices=(4, 16))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--block-repeat", type=int, default=40, help="interleaved calls of one block (flux)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier "
+                        "on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     launch.import_host(cpu=not torch.cuda.is_available())
     import flux_models as fm
     ext, plain, adapter, prompt, x, conds = build(args)
@@ -148,6 +152,13 @@ def main():
     print(f"| sampling step, unpatched | {plain_s * 1e3:.0f} ms | 1.000 |")
     print(f"| sampling step, patched | {patched_s * 1e3:.0f} ms | {patched_s / plain_s:.3f} |")
     print(f"| Apply IP-Adapter | {apply_s * 1e3:.1f} ms | {apply_s / plain_s:.3f} of a step |")
+    if args.family == "sd35":
+        features = prompt.hidden.expand(2, -1, -1).float()  # cond + uncond rows
+        with torch.no_grad():
+            resample_s = median_time(lambda: adapter.model.image_proj(features, torch.full((2,), 600.0)), 5)
+        print(f"| of which the resampler (once per step, both rows) | {resample_s * 1e3:.0f} ms | "
+              f"{resample_s / plain_s:.3f} of a step |")
+        print(f"| patched step without the resampler | | {(patched_s - resample_s) / plain_s:.3f} |")
     if args.family == "flux":
         bare_s, hooked_s, implied = block_times(patched, plain_s, x, conds, args.block_repeat)
         print(f"| double block 0, bare | {bare_s * 1e3:.2f} ms | 1.000 |")
