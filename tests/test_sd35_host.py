@@ -154,3 +154,29 @@ def test_norm_ratio_path_equals_recomputing_the_raw_query_and_key(ext, sd3, tmp_
                                                       weights=patch.weights, inner=patch.inner), "dit", kind, i)
     fast, slow = _run(patched), _run(recompute)
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(fast, slow))
+
+
+def test_a_siglip_encoder_in_the_host_feeds_the_adapter(ext, sd3, tmp_path):
+    """A host ClipVisionModel of the SigLIP kind (tiny config: the host keeps every layer's output and no pooled
+    vector for SigLIP) through Encode Image Prompt: its penultimate hidden states drive the SD3.5 adapter."""
+    import json
+
+    import comfy.clip_vision
+    import sd3_models as sm
+    from host_models import TINY_CLIP_VISION
+    config = {k: v for k, v in TINY_CLIP_VISION.items() if k != "projection_dim"}  # SigLIP has no projection
+    config.update(model_type="siglip_vision_model", hidden_size=48, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    (tmp_path / "siglip.json").write_text(json.dumps(config))
+    siglip = comfy.clip_vision.ClipVisionModel(str(tmp_path / "siglip.json"))
+    g = torch.Generator().manual_seed(2)
+    siglip.load_sd({k: torch.randn(v.shape, generator=g) * 0.2 + (1.0 if "norm" in k and k.endswith("weight") else 0)
+                    for k, v in siglip.get_sd().items()})
+    siglip.model.float()
+    assert siglip.return_all_hidden_states
+    with torch.inference_mode():
+        prompt = ext.host.vision.encode_image_prompt(siglip, torch.rand(1, 40, 28, 3), fit="squash")
+    assert prompt.hidden.shape == (1, 4, 48) and torch.isfinite(prompt.uncond_hidden).all()
+    patcher, _ = sd3
+    adapter = _load(ext, tmp_path, sm.instantx_adapter(6, embed=48))
+    cond, _ = _run(_apply(ext, patcher, adapter, prompt, 0.7))
+    assert torch.isfinite(cond).all() and not torch.equal(cond, _run(patcher)[0])
