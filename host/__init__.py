@@ -8,5 +8,7 @@ time, so ``locate`` works before the host is on ``sys.path``.
 - ``unet``: the host UNet's cross-attention layers by patch key, its family, fit checks.
 - ``patching``: Apply IP-Adapter on a model clone (policy resolved to data, patches through the host's API).
 - ``regions``: IP-Adapter Regional Prompt (each region's image prompt under its mask, its text masked alike).
+- ``dit``: the same for Flux and SD3.5 adapters, through ``patches_replace["dit"]`` (and, for SD3.5, the host's
+  attention override), never the model's forward.
 - ``loaders``: the host's checkpoint / CLIP vision loaders and sampler, for training and its validation.
 """

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import comfy.ops
 import folder_paths
 
-from ..ipadapter_core import (ImagePrompt, InputError, IPAdapterModel, check_filename_prefix, load_adapter_file,
-                              load_image_prompt, save_image_prompt)
+from ..ipadapter_core import (AdapterFileError, ImagePrompt, InputError, IPAdapterModel, check_filename_prefix,
+                              load_adapter_file, load_image_prompt, save_image_prompt)
+from ..ipadapter_core.weights import is_dit_adapter_file, load_dit_adapter_file
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth"}
@@ -39,6 +40,13 @@ class LoadedAdapter:
 def load_adapter(path: str, faceid_variant: str = "auto") -> LoadedAdapter:
     """A weight file (a path, checked and strictly loaded) -> the IPADAPTER value; host ops for manual casting.
     ``faceid_variant`` decides what a FaceID file's contents cannot (docs/faceid.md#formats)."""
+    if is_dit_adapter_file(path):  # Flux / SD3.5 IP-Adapters: their own layouts
+        if faceid_variant != "auto":
+            raise AdapterFileError(f"faceid_variant '{faceid_variant}' is for FaceID files; "
+                                   f"{os.path.basename(path)} is not one: set faceid_variant to 'auto'")
+        model = load_dit_adapter_file(path, operations=comfy.ops.manual_cast)
+        log.info("IP-Adapter %s: %s", os.path.basename(path), model.spec.describe)
+        return LoadedAdapter(os.path.basename(path), model)
     state_dict, spec = load_adapter_file(path, faceid_variant)
     model = IPAdapterModel.from_state_dict(state_dict, operations=comfy.ops.manual_cast,
                                            faceid_variant=faceid_variant)

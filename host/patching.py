@@ -10,6 +10,8 @@ from ..ipadapter_core.attention import EMBEDS_SCALINGS
 from ..ipadapter_core.presets import COMPOSITION_BLOCKS, swapped_layers
 from ..ipadapter_core.checks import FRACTION_RANGE, WEIGHT_RANGE
 from ..ipadapter_core.schedules import FrameWeights, check_frame_weights
+from ..ipadapter_core.dit import DiTAdapterSpec
+from . import dit
 from .faceid_lora import add_faceid_lora
 from .unet import ATTENTION, check_model_fits
 
@@ -75,6 +77,8 @@ def apply_ip_adapter(model, adapter, prompt: ImagePrompt, weight: float, start_a
     """A clone of ``model`` with this adapter's branch on its cross-attention layers (stacked on any before), and
     a FaceID file's embedded LoRA on its weights."""
     check_inputs(prompt, weight, start_at, end_at, options)
+    if isinstance(adapter.spec, DiTAdapterSpec):  # Flux: the host's transformer-block hooks (host/dit.py)
+        return _apply_dit(model, adapter, prompt, weight, start_at, end_at, options)
     check_model_fits(model, adapter)
     prompt.check_fits(adapter.spec)
     patched = model.clone()
@@ -167,3 +171,13 @@ def apply_style_composition(model, adapter, style: ImagePrompt, composition: Ima
         if part:
             _patch_prompt(patched, model, adapter, prompt, weight_style, (start_at, end_at), options, part)
     return patched
+
+
+def _apply_dit(model, adapter, prompt: ImagePrompt, weight: float, start_at: float, end_at: float,
+               options: ApplyOptions):
+    if start_at >= end_at:
+        dit.check_dit_fits(model, adapter)
+        prompt.check_fits(adapter.spec)
+        return model.clone()
+    return dit.apply_dit_adapter(model, adapter, prompt, weight, sigma_range(model, start_at, end_at), options,
+                                 weight_schedule(model, options.weight_curve, start_at, end_at))

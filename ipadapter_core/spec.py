@@ -6,14 +6,16 @@ from typing import Mapping
 
 import torch
 
-from .errors import AdapterFileError
+from .dit import unsupported_dit_layout
+from .errors import AdapterFileError, UnsupportedAdapterError
 from .faceid_format import FACEID_VARIANTS, faceid_projection_spec, is_faceid, is_lora_key, lora_layers
 from .layers import FAMILY_NAMES, family_for_layers
 
 # Image encoders IP-Adapters are trained on, by the width of what they feed the projection.
 # pooled: the projected `image_embeds`; hidden: the penultimate hidden states.
 ENCODERS_BY_POOLED_WIDTH = {1024: "OpenCLIP ViT-H/14", 1280: "OpenCLIP ViT-bigG/14", 768: "CLIP ViT-L/14"}
-ENCODERS_BY_HIDDEN_WIDTH = {1280: "OpenCLIP ViT-H/14", 1664: "OpenCLIP ViT-bigG/14", 1024: "CLIP ViT-L/14"}
+ENCODERS_BY_HIDDEN_WIDTH = {1280: "OpenCLIP ViT-H/14", 1664: "OpenCLIP ViT-bigG/14", 1024: "CLIP ViT-L/14",
+                            1152: "SigLIP so400m-384"}
 
 _LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 _BASE_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
@@ -157,6 +159,9 @@ def detect_spec(state_dict: Mapping, faceid_variant: str = "auto") -> AdapterSpe
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
     _check_dtypes(image_proj, ip_layers)
+    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit.py)
+    if dit_message:
+        raise UnsupportedAdapterError(dit_message)
     if faceid_variant not in FACEID_VARIANTS:
         raise AdapterFileError(f"faceid_variant {faceid_variant!r} is not one of {', '.join(FACEID_VARIANTS)}")
     faceid = is_faceid(image_proj, ip_layers)

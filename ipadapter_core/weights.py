@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 
 from .checks import finite_tensors
+from .dit import build_dit_adapter, detect_dit_spec, is_dit_layout
 from .errors import AdapterFileError
 from .image_prompt import PROMPT_FORMAT, ImagePrompt, prompt_from_tensors, prompt_tensors
 from .spec import AdapterSpec, detect_spec
@@ -89,6 +90,54 @@ def load_adapter_file(path, faceid_variant: str = "auto"
     finite_tensors(f"'{Path(path).name}'", ((f"{part}.{key}", value) for part in PARTS
                                             for key, value in state_dict[part].items()))
     return state_dict, spec
+
+
+def is_dit_adapter_file(path) -> bool:
+    """A safetensors file in one of the DiT IP-Adapter layouts (dit.py), told from its key names alone (no tensor
+    is read); anything unreadable is left to ``load_adapter_file`` to report."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return is_dit_layout(_peek_pickle(path))
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            return is_dit_layout(dict.fromkeys(f.keys()))
+    except (safetensors.SafetensorError, OSError, ValueError):
+        return False
+
+
+def _peek_pickle(path: Path) -> dict:
+    """The flattened key names of a weights-only torch file, its tensors memory-mapped (not read); {} when it
+    cannot be opened that way (an old format, a broken file: the h94 loader then reports it)."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types here; the full read names the problem
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if set(PARTS) <= set(data) and all(isinstance(data[p], dict) for p in PARTS):
+        return flatten(data)
+    return data
+
+
+def _read_dit(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    data = _read_pickle(path)
+    if set(PARTS) <= set(data) and all(isinstance(data[p], dict) for p in PARTS):
+        return flatten(data)
+    return data
+
+
+def load_dit_adapter_file(path, operations=None):
+    """A DiT IP-Adapter file -> its module, checked (layout, shapes, finite values) and strictly loaded."""
+    path = Path(path)
+    flat = _read_dit(path)
+    try:
+        detect_dit_spec(flat)
+    except AdapterFileError as exc:
+        raise type(exc)(f"'{path.name}': {exc}") from exc
+    finite_tensors(f"'{path.name}'", flat.items())
+    return build_dit_adapter(flat) if operations is None else build_dit_adapter(flat, operations)
 
 
 def save_adapter_file(path, nested: dict[str, dict[str, torch.Tensor]]) -> AdapterSpec:

@@ -114,7 +114,8 @@ def sd15_specs():
             + _specs_of(vae, VAE_PREFIX))
 
 
-CLIP_VISION_CONFIGS = {"h": "clip_vision_config_h.json", "g": "clip_vision_config_g.json"}
+CLIP_VISION_CONFIGS = {"h": "clip_vision_config_h.json", "g": "clip_vision_config_g.json",
+                       "l": "clip_vision_config_vitl.json"}  # l: OpenAI CLIP ViT-L/14 (Flux IP-Adapters)
 
 
 def clip_vision_config(variant):

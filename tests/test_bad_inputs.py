@@ -57,6 +57,15 @@ def _adapter_files(folder, widths):
     _write(folder / "other_model.safetensors", wide)  # cross-attention width 64: made for another model
 
 
+def _dit_adapter_files(folder):
+    """An XLabs Flux adapter (tiny widths, the file's layout) and one lacking a block's tensor."""
+    from flux_models import xlabs_adapter
+    good = xlabs_adapter(2, embed=EMBED)
+    safetensors.torch.save_file(good, str(folder / "flux_xlabs.safetensors"))
+    del good["double_blocks.7.processor.ip_adapter_double_stream_k_proj.bias"]
+    safetensors.torch.save_file(good, str(folder / "flux_incomplete.safetensors"))
+
+
 def _prompt_files(ext, folder, prompt):
     folder.mkdir(parents=True)
     core = ext.ipadapter_core
@@ -81,6 +90,7 @@ def world(ext, tmp_path_factory):
     widths = [w for _, w in info["cross_attn"]]
     (root / "ipadapter").mkdir()
     _adapter_files(root / "ipadapter", widths)
+    _dit_adapter_files(root / "ipadapter")
     folder_paths.add_model_folder_path("ipadapter", str(root / "ipadapter"))
     clip_vision = tiny_clip_vision(root, seed=3, hidden_size=HIDDEN, projection_dim=EMBED)
     with torch.inference_mode():
@@ -97,8 +107,9 @@ def world(ext, tmp_path_factory):
     from tiny_faceid import face_prompt
     faceid = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid.safetensors"))
     faceid_plus = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid_plus.safetensors"), "plus v2")
-    yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, clip_vision=clip_vision, prompt=prompt,
-               other_prompt=other, root=root, runner=graph_runner, faceid=faceid, faceid_plus=faceid_plus,
+    flux_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "flux_xlabs.safetensors"))
+    yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, flux_adapter=flux_adapter,
+               clip_vision=clip_vision, prompt=prompt, other_prompt=other, root=root, runner=graph_runner, faceid=faceid, faceid_plus=faceid_plus,
                face_prompt=face_prompt(ext, 1, seed=2), face_prompt_crops=face_prompt(ext, 1, seed=3, crops=True))
     folder_paths.set_input_directory(saved_input)
 
@@ -289,6 +300,11 @@ CASES = [
          lambda w: _load(w, "faceid.safetensors"), "validation", ("faceid_variant", "'v3'")),
     Case("a .bin file holding code", lambda w: _load(w, "code.bin"),
          lambda w: _load(w, "good.safetensors"), "execution", ("code.bin", "holds code instead of tensors")),
+    Case("an XLabs Flux file lacking a block's tensor", lambda w: _load(w, "flux_incomplete.safetensors"),
+         lambda w: _load(w, "flux_xlabs.safetensors"), "execution",
+         ("flux_incomplete.safetensors", "double block 7 lacks k.bias", "download it again")),
+    Case("a Flux adapter on an SD1.5 model", lambda w: _apply(w, ipadapter=("IPADAPTER", w["flux_adapter"])),
+         _apply, "execution", ("for Flux models", "UNetModel", "Load a Flux checkpoint")),
     Case("an adapter name not in models/ipadapter", lambda w: _load(w, "missing.safetensors"),
          lambda w: _load(w, "good.safetensors"), "validation", ("ipadapter_name", "missing.safetensors")),
     # Encode Image Prompt: images, encoder, numbers

@@ -561,6 +561,112 @@ l += [("style", "IMAGE", "encode2", "image"), ("clipvision", "CLIP_VISION", "enc
 WORKFLOWS["faceid_and_style"] = (n, l)
 
 
+FLUX_UNET, FLUX_T5, FLUX_CLIP_L, FLUX_VAE = ("flux1-dev.safetensors", "t5xxl_fp16.safetensors", "clip_l.safetensors",
+                                          "ae.safetensors")
+VITL = "clip-vit-large-patch14.safetensors"
+XLABS = "flux-ip-adapter-v2.safetensors"
+
+
+def flux_graph(note, prefix):
+    """FLUX.1-dev with an XLabs IP-Adapter: diffusion model, text encoders and VAE loaded on their own."""
+    nodes = [
+        dict(id="note", type="MarkdownNote", col=0, widgets={"text": note}, size=[420, 320]),
+        dict(id="unet", type="UNETLoader", col=0, widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}),
+        dict(id="clip", type="DualCLIPLoader", col=0, widgets={"clip_name1": FLUX_T5, "clip_name2": FLUX_CLIP_L,
+                                                                "type": "flux"}),
+        dict(id="vae", type="VAELoader", col=0, widgets={"vae_name": FLUX_VAE}),
+        dict(id="clipvision", type="CLIPVisionLoader", col=0, widgets={"clip_name": VITL}),
+        dict(id="ref", type="LoadImage", col=1, widgets={"image": "example.png"}, size=[320, 380]),
+        dict(id="ipadapter", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": XLABS}),
+        dict(id="encode", type="EncodeImagePrompt", col=1),
+        dict(id="apply", type="ApplyIPAdapter", col=2, widgets={"weight": 0.8, "start_at": 0.0, "end_at": 1.0}),
+        dict(id="pos", type="CLIPTextEncode", col=2, widgets={"text": "a photo, best quality"},
+             title="Positive prompt", size=[400, 160]),
+        dict(id="neg", type="CLIPTextEncode", col=2, widgets={"text": ""}, title="Negative prompt (unused at cfg 1)",
+             size=[400, 120]),
+        dict(id="guidance", type="FluxGuidance", col=2, widgets={"guidance": 3.5}),
+        dict(id="latent", type="EmptySD3LatentImage", col=2, widgets={"width": 1024, "height": 1024, "batch_size": 1}),
+        dict(id="sampler", type="KSampler", col=3, widgets={"seed": 42, "control_after_generate": "fixed",
+             "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
+        dict(id="decode", type="VAEDecode", col=3),
+        dict(id="save", type="SaveImage", col=4, widgets={"filename_prefix": prefix}, size=[420, 460]),
+    ]
+    links = [
+        ("unet", "MODEL", "apply", "model"), ("ipadapter", "IPADAPTER", "apply", "ipadapter"),
+        ("clipvision", "CLIP_VISION", "encode", "clip_vision"), ("ref", "IMAGE", "encode", "image"),
+        ("encode", "IMAGE_PROMPT", "apply", "image_prompt"),
+        ("clip", "CLIP", "pos", "clip"), ("clip", "CLIP", "neg", "clip"),
+        ("pos", "CONDITIONING", "guidance", "conditioning"),
+        ("apply", "MODEL", "sampler", "model"), ("guidance", "CONDITIONING", "sampler", "positive"),
+        ("neg", "CONDITIONING", "sampler", "negative"), ("latent", "LATENT", "sampler", "latent_image"),
+        ("sampler", "LATENT", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
+        ("decode", "IMAGE", "save", "images"),
+    ]
+    return nodes, links
+
+
+WORKFLOWS["flux_xlabs"] = flux_graph(f"""## FLUX.1-dev with an XLabs IP-Adapter
+
+The reference image as an image prompt for FLUX.1-dev: the XLabs Flux IP-Adapter (v2, 16 tokens; v1 works the same)
+reads the CLIP ViT-L/14 embedding of **Load Image** and adds its image branch to the 19 double blocks. Flux runs at
+cfg 1 with **FluxGuidance** 3.5; weight 0.6 to 1.0 is the usual range.
+
+Model files:
+{files_md("models/diffusion_models/" + FLUX_UNET, "models/text_encoders/" + FLUX_T5,
+          "models/text_encoders/" + FLUX_CLIP_L, "models/vae/" + FLUX_VAE, "models/clip_vision/" + VITL,
+          "models/ipadapter/" + XLABS)}
+""", "ipadapter/flux_xlabs")
+
+SD35, CLIP_G, SIGLIP, INSTANTX_SD35 = ("sd3.5_large.safetensors", "clip_g.safetensors",
+                                     "sigclip_vision_patch14_384.safetensors", "ip-adapter-sd3.5-large.bin")
+
+
+def sd35_graph(note, prefix):
+    """SD3.5 Large with the InstantX IP-Adapter: checkpoint (model, VAE), the three text encoders, SigLIP."""
+    nodes = [
+        dict(id="note", type="MarkdownNote", col=0, widgets={"text": note}, size=[420, 320]),
+        dict(id="ckpt", type="CheckpointLoaderSimple", col=0, widgets={"ckpt_name": SD35}),
+        dict(id="clip", type="TripleCLIPLoader", col=0, widgets={"clip_name1": FLUX_CLIP_L, "clip_name2": CLIP_G,
+                                                                  "clip_name3": FLUX_T5}),
+        dict(id="clipvision", type="CLIPVisionLoader", col=0, widgets={"clip_name": SIGLIP}),
+        dict(id="ref", type="LoadImage", col=1, widgets={"image": "example.png"}, size=[320, 380]),
+        dict(id="ipadapter", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": INSTANTX_SD35}),
+        dict(id="encode", type="EncodeImagePrompt", col=1, widgets={"fit": "squash", "batch_size": 8}),
+        dict(id="apply", type="ApplyIPAdapter", col=2, widgets={"weight": 0.5, "start_at": 0.0, "end_at": 1.0}),
+        dict(id="pos", type="CLIPTextEncode", col=2, widgets={"text": "a photo, best quality"},
+             title="Positive prompt", size=[400, 160]),
+        dict(id="neg", type="CLIPTextEncode", col=2, widgets={"text": "blurry, low quality"},
+             title="Negative prompt", size=[400, 120]),
+        dict(id="latent", type="EmptySD3LatentImage", col=2, widgets={"width": 1024, "height": 1024, "batch_size": 1}),
+        dict(id="sampler", type="KSampler", col=3, widgets={"seed": 42, "control_after_generate": "fixed",
+             "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform", "denoise": 1.0}),
+        dict(id="decode", type="VAEDecode", col=3),
+        dict(id="save", type="SaveImage", col=4, widgets={"filename_prefix": prefix}, size=[420, 460]),
+    ]
+    links = [
+        ("ckpt", "MODEL", "apply", "model"), ("ipadapter", "IPADAPTER", "apply", "ipadapter"),
+        ("clipvision", "CLIP_VISION", "encode", "clip_vision"), ("ref", "IMAGE", "encode", "image"),
+        ("encode", "IMAGE_PROMPT", "apply", "image_prompt"),
+        ("clip", "CLIP", "pos", "clip"), ("clip", "CLIP", "neg", "clip"),
+        ("apply", "MODEL", "sampler", "model"), ("pos", "CONDITIONING", "sampler", "positive"),
+        ("neg", "CONDITIONING", "sampler", "negative"), ("latent", "LATENT", "sampler", "latent_image"),
+        ("sampler", "LATENT", "decode", "samples"), ("ckpt", "VAE", "decode", "vae"),
+        ("decode", "IMAGE", "save", "images"),
+    ]
+    return nodes, links
+
+
+WORKFLOWS["sd35_instantx"] = sd35_graph(f"""## SD3.5 Large with the InstantX IP-Adapter
+
+The reference image as an image prompt for SD3.5 Large: SigLIP so400m-384 encodes **Load Image** (`fit` squash, as
+InstantX resizes), the adapter's time-conditioned resampler turns it into 64 tokens at each step, and every joint
+block attends to them. Weight 0.5 to 0.7 is the usual range.
+
+Model files:
+{files_md("models/checkpoints/" + SD35, "models/text_encoders/" + FLUX_CLIP_L, "models/text_encoders/" + CLIP_G,
+          "models/text_encoders/" + FLUX_T5, "models/clip_vision/" + SIGLIP, "models/ipadapter/" + INSTANTX_SD35)}
+""", "ipadapter/sd35_instantx")
+
 JS = """(spec) => {
   app.graph.clear();
   const made = {}, tops = {};

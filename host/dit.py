@@ -1,0 +1,115 @@
+"""Apply a DiT IP-Adapter (Flux, SD3.5) through the host's ``patches_replace["dit"]`` block hooks: the model's
+forward is never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
+import comfy.ops
+import comfy.patcher_extension
+from comfy.ldm.flux.layers import DoubleStreamBlock
+from comfy.ldm.flux.model import Flux
+from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+from ..ipadapter_core import InputError, ModelMismatchError
+from ..ipadapter_core.dit import dit_block_weights
+from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, DiTBlockPatch, SD35BlockPatch, build_dit_branches,
+                                            build_sd35_branches, with_norm_ratios)
+from .unet import ATTENTION
+
+WRAPPER_KEY = "ipadapter_latent_shape"
+
+
+def _family_blocks(model, family: str) -> dict[tuple[str, int], object]:
+    """The blocks of the model a ``family`` adapter patches, or a message saying what the model is."""
+    if family == "flux":
+        return dit_blocks(model)
+    net = model.get_model_object("diffusion_model")
+    if not isinstance(net, MMDiT):
+        raise ModelMismatchError(f"this IP-Adapter is for SD3.5 Large; this model is a {type(net).__name__}. "
+                                 "Load an SD3.5 Large checkpoint, or use an IP-Adapter made for this model.")
+    return {("double_block", i): b for i, b in enumerate(net.joint_blocks)}
+
+
+def dit_blocks(model) -> dict[tuple[str, int], object]:
+    """The transformer blocks of a ModelPatcher's Flux model by ``patches_replace["dit"]`` key. Only the host's
+    Flux class with its own double blocks (whose modules the image query is computed from) is accepted: models
+    built on other blocks (Chroma's, HunyuanVideo's) are refused before sampling."""
+    net = model.get_model_object("diffusion_model")
+    if not (isinstance(net, Flux) and all(isinstance(b, DoubleStreamBlock) for b in net.double_blocks)):
+        raise ModelMismatchError(f"this IP-Adapter is for Flux models; this model is a {type(net).__name__}. "
+                                 "Load a Flux checkpoint, or use an IP-Adapter made for this model.")
+    return {**{("double_block", i): b for i, b in enumerate(net.double_blocks)},
+            **{("single_block", i): b for i, b in enumerate(net.single_blocks)}}
+
+
+def check_dit_fits(model, adapter) -> None:
+    """Every block the adapter acts on exists with the adapter's width, or a message naming both."""
+    spec = adapter.spec
+    blocks = _family_blocks(model, spec.family)
+    for key in spec.block_keys:
+        block = blocks.get(key)
+        width = _width(block)
+        if width != spec.hidden:
+            found = _width(next(iter(blocks.values()))) if blocks else 0
+            raise ModelMismatchError(
+                f"'{adapter.name}' is an {spec.describe} for {spec.family_name} models of width {spec.hidden}, "
+                f"but this model has {len(blocks)} blocks of width {found} ({key} "
+                f"{'missing' if block is None else 'has another width'}): use a {spec.family_name} checkpoint.")
+
+
+def _width(block) -> int | None:
+    """A Flux double block's or an MMDiT joint block's width (None when there is no block)."""
+    if block is None:
+        return None
+    return block.hidden_size if hasattr(block, "hidden_size") else block.x_block.attn.qkv.in_features
+
+
+def host_weights(linear, like):
+    """A host Linear's weight and bias as its own forward would use them (cast, with any weight patches)."""
+    if getattr(linear, "comfy_cast_weights", False) or getattr(linear, "weight_function", None):
+        return comfy.ops.cast_bias_weight(linear, like)[:2]
+    bias = None if linear.bias is None else linear.bias.to(like)
+    return linear.weight.to(like), bias
+
+
+def record_latent_shape(executor, x, *args, **kwargs):
+    """APPLY_MODEL wrapper: the latent's shape in a copy of transformer_options (args[4]), for masks."""
+    args = list(args)
+    args[4] = {**(args[4] or {}), LATENT_SHAPE_KEY: tuple(x.shape)}
+    return executor(x, *args, **kwargs)
+
+
+def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, options, schedule=None):
+    """A clone of ``model`` with the adapter's image branch on its blocks (stacked on any before)."""
+    check_dit_fits(model, adapter)
+    prompt.check_fits(adapter.spec)
+    if options.unfold_batch or options.frame_weights is not None:
+        raise InputError("unfold_batch and frame_weights are for SD1.5/SDXL adapters; turn them off for "
+                         f"a {adapter.spec.family_name} IP-Adapter")
+    patched = model.clone()
+    weights = dit_block_weights(adapter.spec, options.layer_preset, weight, options.custom_layer_weights)
+    if not weights:
+        return patched
+    mask = options.attn_mask
+    mask = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
+    net = model.get_model_object("diffusion_model")
+    if adapter.spec.family == "flux":
+        branches = build_dit_branches(adapter.model, prompt, weights, sigma_range, schedule=schedule, mask=mask)
+        make = lambda block, branch, previous: DiTBlockPatch(  # noqa: E731
+            block, (branch,), heads=net.num_heads, patch_size=net.patch_size, weights=host_weights,
+            attention=ATTENTION, inner=previous)
+        kind = DiTBlockPatch
+    else:
+        timestep_of = model.get_model_object("model_sampling").timestep
+        branches = build_sd35_branches(adapter.model, prompt, weights, timestep_of, sigma_range, schedule=schedule,
+                                       mask=mask)
+        branches = with_norm_ratios(branches, _family_blocks(model, "sd35"))
+        make = lambda block, branch, previous: SD35BlockPatch(  # noqa: E731
+            block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
+        kind = SD35BlockPatch
+    blocks = _family_blocks(model, adapter.spec.family)
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for key, branch in branches.items():
+        previous = existing.get(key)
+        patch = previous.stacked(branch) if isinstance(previous, kind) else make(blocks[key], branch, previous)
+        patched.set_model_patch_replace(patch, "dit", *key)
+    if mask is not None:
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                     record_latent_shape)
+    return patched

@@ -1,0 +1,259 @@
+"""IP-Adapters for diffusion transformers (Flux), read from their own file layouts (docs/formats.md#flux-ip-adapters).
+
+XLabs Flux IP-Adapter v1 / v2, one flat safetensors file:
+
+- ``ip_adapter_proj_model.proj.weight [T*C, E]``, ``.proj.bias``, ``.norm.weight [C]``, ``.norm.bias``: the base
+  projection (Linear, then LayerNorm per token) from CLIP ViT-L/14 ``image_embeds`` (E = 768) to T tokens of
+  width C (4096); T = 4 (v1) or 16 (v2), read from the shapes;
+- ``double_blocks.{i}.processor.ip_adapter_double_stream_{k,v}_proj.{weight [H, C], bias [H]}`` for the 19 double
+  blocks i of the Flux transformer (H = 3072, the model's hidden width).
+
+The modules below are named exactly as those keys and load strictly; nothing is renamed.
+"""
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .errors import AdapterFileError, InputError
+from .presets import _number
+from .dit_sd3 import InstantXSD35Adapter, sd35_sizes
+from .projection import ImageProjModel
+
+XLABS_PROJ = "ip_adapter_proj_model."
+_XLABS_BLOCK = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
+_XLABS_PROJ_KEYS = {f"{XLABS_PROJ}{name}" for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")}
+FLUX_DOUBLE_BLOCKS = 19
+FLUX_SINGLE_BLOCKS = 38
+DIT_FAMILY_NAMES = {"flux": "Flux", "sd35": "SD3.5 Large"}
+DIT_ENCODERS = {("pooled", 768): "CLIP ViT-L/14", ("hidden", 1152): "SigLIP so400m-384"}
+DIT_PRESETS = ("linear", "custom")  # the layer_weights presets that apply to DiT blocks
+
+
+@dataclass(frozen=True)
+class DiTAdapterSpec:
+    """What a DiT IP-Adapter file is. kind: "xlabs_flux". family: the transformer it is for ("flux").
+    feature / encoder_width: which encoder output it reads and its width. tokens: image tokens per image.
+    cross_attention_dim: the tokens' width. hidden: the transformer's width (rows of each K'/V' projection).
+    double_blocks / single_blocks: the block indices that get an image branch."""
+    kind: str
+    family: str
+    feature: str
+    encoder_width: int
+    tokens: int
+    cross_attention_dim: int
+    hidden: int
+    double_blocks: tuple[int, ...]
+    single_blocks: tuple[int, ...] = ()
+    resampler_dim: int = 0  # instantx_sd35: the time-conditioned resampler's sizes
+    resampler_depth: int = 0
+    resampler_heads: int = 0
+    time_dim: int = 0
+
+    @property
+    def encoder(self) -> str:
+        return DIT_ENCODERS.get((self.feature, self.encoder_width),
+                                f"a CLIP vision model with {self.feature} width {self.encoder_width}")
+
+    @property
+    def family_name(self) -> str:
+        return DIT_FAMILY_NAMES[self.family]
+
+    @property
+    def describe(self) -> str:
+        names = {"xlabs_flux": f"XLabs Flux IP-Adapter ({self.tokens} tokens)",
+                 "instantx_sd35": f"InstantX SD3.5-Large IP-Adapter ({self.tokens} tokens)"}
+        return f"{names[self.kind]} (needs {self.encoder})"
+
+    @property
+    def block_keys(self) -> tuple[tuple[str, int], ...]:
+        """The host's ``patches_replace["dit"]`` keys of the blocks with an image branch, in run order."""
+        return (tuple(("double_block", i) for i in self.double_blocks)
+                + tuple(("single_block", i) for i in self.single_blocks))
+
+
+def is_dit_layout(flat: Mapping) -> bool:
+    """A flat file whose keys are one of the DiT IP-Adapter layouts (not the h94 ``image_proj.``/``ip_adapter.``)."""
+    return any(key.startswith(XLABS_PROJ) for key in flat) or any(
+        key.startswith("ip_adapter.") and key.endswith(".norm_ip.linear.weight") for key in flat)
+
+
+def _shape(flat: Mapping, key: str) -> tuple[int, ...]:
+    return tuple(flat[key].shape)
+
+
+def _xlabs_blocks(flat: Mapping, cross_dim: int) -> tuple[tuple[int, ...], int]:
+    """The double-block indices and the hidden width, every block with k/v weight and bias of matching shapes."""
+    found: dict[int, dict[str, tuple]] = {}
+    for key in flat:
+        if key.startswith(XLABS_PROJ):
+            continue
+        match = _XLABS_BLOCK.match(key)
+        if match is None:
+            raise AdapterFileError(f"unexpected key '{key}' in an XLabs Flux IP-Adapter file: it has only "
+                                   "'ip_adapter_proj_model.*' and 'double_blocks.N.processor.ip_adapter_double_"
+                                   "stream_{k,v}_proj.{weight,bias}'")
+        found.setdefault(int(match[1]), {})[f"{match[2]}.{match[3]}"] = _shape(flat, key)
+    hidden = None
+    for i in sorted(found):
+        shapes = found[i]
+        if set(shapes) != {"k.weight", "k.bias", "v.weight", "v.bias"}:
+            missing = sorted({"k.weight", "k.bias", "v.weight", "v.bias"} - set(shapes))
+            raise AdapterFileError(f"double block {i} lacks {', '.join(missing)}: the file is incomplete; "
+                                   "download it again")
+        hidden = hidden or shapes["k.weight"][0]
+        wanted = {"k.weight": (hidden, cross_dim), "v.weight": (hidden, cross_dim), "k.bias": (hidden,),
+                  "v.bias": (hidden,)}
+        if shapes != wanted:
+            raise AdapterFileError(f"double block {i}: k/v projections {shapes} do not fit tokens of width "
+                                   f"{cross_dim} and a hidden width {hidden}: the file is damaged")
+    blocks = tuple(sorted(found))
+    if blocks != tuple(range(FLUX_DOUBLE_BLOCKS)):
+        raise AdapterFileError(f"the file has IP weights for {len(blocks)} double blocks {list(blocks)[:4]}...; "
+                               f"an XLabs Flux IP-Adapter has all {FLUX_DOUBLE_BLOCKS} (0 to 18): the file is "
+                               "incomplete or for another model")
+    return blocks, hidden
+
+
+def _check_floats(flat: Mapping) -> None:
+    for key, value in flat.items():
+        dtype = getattr(value, "dtype", None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise AdapterFileError(f"'{key}' has dtype {dtype}: IP-Adapter weights are floating point "
+                                   "(fp32, fp16 or bf16); the file is damaged or not an IP-Adapter")
+
+
+def detect_dit_spec(flat: Mapping) -> DiTAdapterSpec:
+    """The spec of a flat DiT IP-Adapter state dict (tensors or meta tensors), or AdapterFileError with the fix."""
+    _check_floats(flat)
+    if not any(key.startswith(XLABS_PROJ) for key in flat):
+        return _sd35_spec(flat)
+    missing = sorted(_XLABS_PROJ_KEYS - set(flat))
+    if missing:
+        raise AdapterFileError(f"an XLabs Flux IP-Adapter file needs {', '.join(missing)}: the file is incomplete; "
+                               "download it again")
+    cross_dim = _shape(flat, XLABS_PROJ + "norm.weight")[0]
+    rows, embed = _shape(flat, XLABS_PROJ + "proj.weight")
+    if rows % cross_dim or _shape(flat, XLABS_PROJ + "proj.bias") != (rows,):
+        raise AdapterFileError(f"'{XLABS_PROJ}proj' [{rows}, {embed}] does not split into tokens of width "
+                               f"{cross_dim}: the file is damaged")
+    blocks, hidden = _xlabs_blocks(flat, cross_dim)
+    return DiTAdapterSpec(kind="xlabs_flux", family="flux", feature="pooled", encoder_width=embed,
+                          tokens=rows // cross_dim, cross_attention_dim=cross_dim, hidden=hidden,
+                          double_blocks=blocks)
+
+
+class _KVProjections(nn.Module):
+    """One block's image K'/V' projections (with bias), named as the XLabs file names them."""
+
+    def __init__(self, *, cross_attention_dim: int, hidden: int, operations=nn):
+        super().__init__()
+        self.ip_adapter_double_stream_k_proj = operations.Linear(cross_attention_dim, hidden, bias=True)
+        self.ip_adapter_double_stream_v_proj = operations.Linear(cross_attention_dim, hidden, bias=True)
+
+
+class _Processor(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.processor = _KVProjections(**kwargs)
+
+
+class XLabsFluxAdapter(nn.Module):
+    """``state_dict()`` keys equal the XLabs file's keys (module docstring)."""
+
+    def __init__(self, spec: DiTAdapterSpec, operations=nn):
+        super().__init__()
+        self.spec = spec
+        self.ip_adapter_proj_model = ImageProjModel(embed_dim=spec.encoder_width, tokens=spec.tokens,
+                                                    cross_attention_dim=spec.cross_attention_dim,
+                                                    operations=operations)
+        self.double_blocks = nn.ModuleDict({
+            str(i): _Processor(cross_attention_dim=spec.cross_attention_dim, hidden=spec.hidden,
+                               operations=operations)
+            for i in spec.double_blocks})
+
+    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, E) pooled embeds -> (n, T, C) tokens."""
+        return self.ip_adapter_proj_model(features)
+
+    def block_keys_values(self, tokens: torch.Tensor, blocks=None) -> dict:
+        """Tokens (P, N, C) -> {("double_block", i): (K' (P, N, H), V' (P, N, H))}, every block or those in
+        ``blocks``."""
+        out = {}
+        for i, block in self.double_blocks.items():
+            key = ("double_block", int(i))
+            if blocks is None or key in blocks:
+                proj = block.processor
+                out[key] = (proj.ip_adapter_double_stream_k_proj(tokens), proj.ip_adapter_double_stream_v_proj(tokens))
+        return out
+
+
+def _sd35_spec(flat: Mapping) -> DiTAdapterSpec:
+    parts = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        part, _, rest = key.partition(".")
+        if part not in parts:
+            raise AdapterFileError(f"unexpected key '{key}' in an InstantX SD3.5 IP-Adapter file: it has only "
+                                   "'image_proj.*' and 'ip_adapter.*'")
+        parts[part][rest] = value
+    sizes = sd35_sizes(parts["image_proj"], parts["ip_adapter"])
+    return DiTAdapterSpec(kind="instantx_sd35", family="sd35", feature="hidden", **sizes)
+
+
+def build_dit_adapter(flat: Mapping, operations=nn) -> nn.Module:
+    """Detect the spec, build on the meta device and load strictly (tensors are taken, not copied)."""
+    spec = detect_dit_spec(flat)
+    with torch.device("meta"):
+        model = (XLabsFluxAdapter if spec.kind == "xlabs_flux" else InstantXSD35Adapter)(spec, operations)
+    model.load_state_dict(dict(flat), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def dit_block_weights(spec, preset: str, weight: float, custom: str = "") -> dict[tuple[str, int], float]:
+    """{block key: weight}: ``linear`` gives every block ``weight``; ``custom`` one multiplier per block in run
+    order (19 numbers for XLabs Flux), or ``name=value`` entries with names like ``double 3``."""
+    keys = spec.block_keys
+    if preset == "linear":
+        return {key: weight for key in keys if weight != 0.0}
+    if preset != "custom":
+        raise InputError(f"layer_weights: '{preset}' is a preset of SD1.5/SDXL UNet layers; for a "
+                         f"{spec.family_name} IP-Adapter use {' or '.join(DIT_PRESETS)}")
+    entries = [e.strip() for e in str(custom).replace(";", ",").replace("\n", ",").split(",") if e.strip()]
+    if entries and all("=" not in e for e in entries):
+        if len(entries) != len(keys):
+            raise InputError(f"custom_layer_weights: {len(entries)} numbers for {len(keys)} blocks: give one per "
+                             f"block ({len(keys)}), or entries like 'double 0=1.0, double 5=0.5'")
+        values = dict(zip(keys, (_number(e) for e in entries)))
+    else:
+        names = {f"{kind.split('_')[0]} {i}": (kind, i) for kind, i in keys}
+        values = {}
+        for entry in entries:
+            name, _, value = (part.strip() for part in entry.partition("="))
+            if name not in names:
+                raise InputError(f"custom_layer_weights: '{name}' is not a block of this adapter: name blocks "
+                                 f"'double 0' ... 'double {len(keys) - 1}'")
+            values[names[name]] = _number(value)
+    return {key: weight * w for key, w in values.items() if weight * w != 0.0}
+
+
+_H94_LAYER = re.compile(r"^(\d+)\.to_[kv]_ip\.weight$")
+
+
+def unsupported_dit_layout(image_proj: Mapping, ip_layers: Mapping) -> str | None:
+    """What a nested (``image_proj`` / ``ip_adapter``) file is when it is one of the DiT adapters this extension
+    recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#not-yet-supported).
+
+    InstantX SD3.5-Large: per-block ``N.norm_ip.linear.*`` (the AdaLN of the image tokens) and a resampler with
+    ``time_embedding.*`` (supported: loaded through the DiT path; only a torch file that cannot be peeked at
+    lazily ends up here). InstantX FLUX.1-dev: ``N.to_{k,v}_ip.weight`` on every block N = 0 ... 56 (h94 files
+    number only cross-attention layers, all odd)."""
+    if any(k.endswith(".norm_ip.linear.weight") for k in ip_layers) or "time_embedding.linear_1.weight" in image_proj:
+        return ("this is the InstantX SD3.5-Large IP-Adapter in a torch file that cannot be opened lazily (an old "
+                "torch.save format): save it again as .safetensors (keys 'image_proj.*', 'ip_adapter.*')")
+    numbers = {int(m[1]) for m in map(_H94_LAYER.match, ip_layers) if m}
+    if numbers == set(range(FLUX_DOUBLE_BLOCKS + FLUX_SINGLE_BLOCKS)) and len(numbers) * 2 == len(ip_layers):
+        return ("this is the InstantX FLUX.1-dev IP-Adapter (SigLIP, 57 blocks): it is recognised but not "
+                "supported yet. For Flux use the XLabs Flux IP-Adapter (flux-ip-adapter-v2) with CLIP ViT-L/14")
+    return None
