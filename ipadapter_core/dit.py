@@ -53,6 +53,10 @@ class DiTAdapterSpec:
     time_dim: int = 0
 
     @property
+    def is_faceid(self) -> bool:  # read by the image prompts' pairing checks, as on AdapterSpec
+        return False
+
+    @property
     def encoder(self) -> str:
         return DIT_ENCODERS.get((self.feature, self.encoder_width),
                                 f"a CLIP vision model with {self.feature} width {self.encoder_width}")

@@ -1,7 +1,7 @@
 """What each node of cubiq/ComfyUI_IPAdapter_plus (the incumbent, 37 node ids) becomes in this extension, as data:
 the converter (tools/convert_workflow.py) reads only this module. Node ids, input names and option strings of the
-targets are this extension's public names (nodes/) and the names agreed for the nodes other parts of the product
-add (marked ``pending``: the converter writes them; they run once those nodes are installed).
+targets are this extension's public names (nodes/). An input, node or option value can be marked ``pending`` (the
+converter writes it only when used and reports it as needed) for a target a later version adds; none is now.
 
 The incumbent's apply nodes take ``image`` and ``clip_vision`` and encode inside; here encoding is its own node,
 so a converted apply node becomes Encode Image Prompt (or its tiled / face variant) → Apply.
@@ -34,26 +34,29 @@ class Target:
 
 _APPLY = (In("model", "MODEL"), In("ipadapter", "IPADAPTER"), In("image_prompt", "IMAGE_PROMPT"),
           _w("weight", "FLOAT", 1.0), _w("start_at", "FLOAT", 0.0), _w("end_at", "FLOAT", 1.0))
-_SCALING = _w("embeds_scaling", "COMBO", "V only", optional=True, pending="controls")
+_SCALING = _w("embeds_scaling", "COMBO", "V only", optional=True)
 TARGETS: dict[str, Target] = {
-    "LoadIPAdapter": Target((_w("ipadapter_name", "COMBO", None),), (("ipadapter", "IPADAPTER"),)),
+    "LoadIPAdapter": Target((_w("ipadapter_name", "COMBO", None), _w("faceid_variant", "COMBO", "auto", optional=True)),
+                            (("ipadapter", "IPADAPTER"),)),
     "LoadIPAdapterByPreset": Target(
         (In("model", "MODEL"), _w("preset", "COMBO", "standard"), _w("ipadapter_name", "COMBO", "auto", optional=True)),
         (("model", "MODEL"), ("ipadapter", "IPADAPTER"), ("clip_vision", "CLIP_VISION"))),
     "EncodeImagePrompt": Target(
         (In("clip_vision", "CLIP_VISION"), In("image", "IMAGE"), In("negative_image", "IMAGE", optional=True),
          _w("fit", "COMBO", "center crop", optional=True), _w("batch_size", "INT", 8, optional=True),
-         _w("interpolation", "COMBO", "bicubic", optional=True, pending="controls"),
-         _w("sharpening", "FLOAT", 0.0, optional=True, pending="controls")),
+         _w("interpolation", "COMBO", "bicubic", optional=True),
+         _w("sharpening", "FLOAT", 0.0, optional=True)),
         (("image_prompt", "IMAGE_PROMPT"),)),
-    "ApplyIPAdapter": Target(_APPLY + (In("attn_mask", "MASK", optional=True),), (("MODEL", "MODEL"),)),
+    "ApplyIPAdapter": Target(_APPLY + (In("attn_mask", "MASK", optional=True),
+                                       _w("lora_strength", "FLOAT", 1.0, optional=True),
+                                       _w("shortcut_weight", "FLOAT", 1.0, optional=True)), (("MODEL", "MODEL"),)),
     "ApplyIPAdapterAdvanced": Target(
         _APPLY + (_w("layer_weights", "COMBO", "linear"), _w("composition_weight", "FLOAT", 1.0),
                   _w("custom_layer_weights", "STRING", ""), _w("weight_curve", "COMBO", "constant"),
                   _w("unfold_batch", "BOOLEAN", False), In("attn_mask", "MASK", optional=True),
                   In("frame_weights", "IPADAPTER_FRAME_WEIGHTS", optional=True), _SCALING,
-                  _w("lora_strength", "FLOAT", 1.0, optional=True, pending="faceid"),
-                  _w("shortcut_weight", "FLOAT", 1.0, optional=True, pending="faceid")),
+                  _w("lora_strength", "FLOAT", 1.0, optional=True),
+                  _w("shortcut_weight", "FLOAT", 1.0, optional=True)),
         (("MODEL", "MODEL"),)),
     "CombineImagePrompts": Target(
         (In("image_prompt", "IMAGE_PROMPT"), _w("method", "COMBO", "concat"), _w("weights", "STRING", ""),
@@ -74,18 +77,20 @@ TARGETS: dict[str, Target] = {
          In("image_prompt_composition", "IMAGE_PROMPT"), _w("weight_style", "FLOAT", 1.0),
          _w("weight_composition", "FLOAT", 1.0), _w("expand_style", "BOOLEAN", False), _w("start_at", "FLOAT", 0.0),
          _w("end_at", "FLOAT", 1.0), _w("embeds_scaling", "COMBO", "V only"), In("attn_mask", "MASK", optional=True)),
-        (("MODEL", "MODEL"),), pending="controls"),
+        (("MODEL", "MODEL"),)),
     "EncodeImagePromptTiled": Target(
         (In("clip_vision", "CLIP_VISION"), In("image", "IMAGE"), In("negative_image", "IMAGE", optional=True),
-         _w("tile_mode", "COMBO", "tiles"), _w("enhance_ratio", "FLOAT", 1.0)),
-        (("image_prompt", "IMAGE_PROMPT"), ("masks", "MASK")), pending="controls"),
+         _w("tile_mode", "COMBO", "tiles"), _w("enhance_ratio", "FLOAT", 1.0), _w("enhance_tiles", "INT", 2),
+         _w("sharpening", "FLOAT", 0.0), _w("batch_size", "INT", 8)),
+        (("image_prompt", "IMAGE_PROMPT"), ("masks", "MASK"), ("tiles", "IMAGE"))),
     "LoadFaceAnalysis": Target(
         (_w("model_pack", "COMBO", "buffalo_l"), _w("backend", "COMBO", "onnxruntime"), _w("det_size", "INT", 640)),
-        (("face_analysis", "FACE_ANALYSIS"),), pending="faceid"),
+        (("face_analysis", "FACE_ANALYSIS"),)),
     "EncodeFacePrompt": Target(
         (In("face_analysis", "FACE_ANALYSIS"), In("image", "IMAGE"), In("clip_vision", "CLIP_VISION", optional=True),
-         _w("face", "COMBO", "largest"), _w("face_index", "INT", 0), _w("max_faces", "INT", 1)),
-        (("image_prompt", "IMAGE_PROMPT"),), pending="faceid"),
+         _w("face", "COMBO", "largest", optional=True), _w("face_index", "INT", 0, optional=True),
+         _w("max_faces", "INT", 1, optional=True)),
+        (("image_prompt", "IMAGE_PROMPT"),)),
 }
 
 # ---------------------------------------------------------------------------------------------- option strings
@@ -123,13 +128,8 @@ TIMING = {"custom": "custom", "linear": "linear", "ease_in_out": "ease in-out", 
           "ease_out": "ease out", "random": None}
 NOISE = {k: k for k in ("fade", "dissolve", "gaussian", "shuffle")}
 INSIGHTFACE_PACKS = {"buffalo_l": "buffalo_l", "antelopev2": "antelopev2"}
-# Values an option of ours gets only from the part of the product that adds it (not written as pending here).
-PENDING_VALUES = {
-    "layer_weights": ("controls", set(WEIGHT_TYPES.values()) - {"linear", "style transfer", "composition",
-                                                                 "style and composition"}),
-    "method": ("controls", {"add", "subtract", "norm average", "max", "min"}),
-    "preset": ("faceid", {"faceid", "faceid plus", "faceid plus v2", "faceid portrait"}),
-}
+# Option values a later version adds: (the part that adds them, {values}) by input name; none now.
+PENDING_VALUES: dict[str, tuple[str, set]] = {}
 
 # The incumbent numbers its per-block weights (IPAdapterMS layer_weights "i:w") in its patching order, one number
 # per transformer block: SD1.5 input 1, 2, 4, 5, 7, 8, middle, output 3-11; SDXL input 4, 5, 7, 8, middle,
@@ -178,7 +178,7 @@ _FACE_DROP = {"image_negative": "a face prompt's negative is the zero embedding 
                                 "image has no meaning for it",
               1: "face_image (the face crops it used): not given; Encode Face Prompt crops the faces itself"}
 _FACE_OUT = {0: ("main", 0)}
-_TILED_DROP = {"sharpening": "give it to the tiled encoder's sharpening input by hand, if it has one"}
+_TILED_TO = {"sharpening": ("encode", "sharpening")}
 
 
 def _advanced(widgets, encode="image", fixed=None, **kw):
@@ -202,10 +202,11 @@ RULES: dict[str, Rule] = {
                                        to=_FACE_TO, drop=_FACE_DROP, outputs=_FACE_OUT, fixed=_BATCH),
     "IPAdapterFaceIDKolors": Rule(None, why=_KOLORS),
     "IPAdapterTiled": _advanced((_W, _WT, _CE, _SA, _EA, ("sharpening", 0.0), _ES), encode="tiles",
-                                outputs={0: ("main", 0), 2: ("encode", 1)}, drop=_TILED_DROP,
-                                combine="combine_embeds"),
+                                outputs={0: ("main", 0), 1: ("encode", 2), 2: ("encode", 1)},
+                                to=_TILED_TO, combine="combine_embeds"),
     "IPAdapterTiledBatch": _advanced((_W, _WT, _SA, _EA, ("sharpening", 0.0), _ES, _EBS), encode="tiles",
-                                     outputs={0: ("main", 0), 2: ("encode", 1)}, drop=_TILED_DROP, fixed=_BATCH),
+                                     outputs={0: ("main", 0), 1: ("encode", 2), 2: ("encode", 1)},
+                                     to=_TILED_TO, fixed=_BATCH),
     "IPAdapterEmbeds": _advanced((_W, _WT, _SA, _EA, _ES), encode="", to={"pos_embed": ("main", "image_prompt")},
                                  drop={"neg_embed": "the negative travels inside the image prompt: give "
                                                     "negative_image to Encode Image Prompt",
@@ -235,12 +236,12 @@ RULES: dict[str, Rule] = {
                                                   "Encode Face Prompt"}, combine="combine_embeds"),
     "IPAdapterClipVisionEnhancer": _advanced(
         (_W, _WT, _CE, _SA, _EA, _ES, ("enhance_tiles", 2), ("enhance_ratio", 1.0)), encode="enhancer",
-        to={"enhance_ratio": ("encode", "enhance_ratio")}, combine="combine_embeds",
-        drop={"enhance_tiles": "the tiled encoder sets its own tile count; check it"}),
+        to={"enhance_ratio": ("encode", "enhance_ratio"), "enhance_tiles": ("encode", "enhance_tiles")},
+        combine="combine_embeds"),
     "IPAdapterClipVisionEnhancerBatch": _advanced(
         (_W, _WT, _SA, _EA, _ES, ("enhance_tiles", 2), ("enhance_ratio", 0.5), _EBS), encode="enhancer",
-        to={"enhance_ratio": ("encode", "enhance_ratio")}, fixed=_BATCH,
-        drop={"enhance_tiles": "the tiled encoder sets its own tile count; check it"}),
+        to={"enhance_ratio": ("encode", "enhance_ratio"), "enhance_tiles": ("encode", "enhance_tiles")},
+        fixed=_BATCH),
     "IPAdapterFromParams": Rule(None, why=_NO_PARAMS),
     "IPAdapterPreciseStyleTransfer": _advanced((_W, ("style_boost", 1.0), _CE, _SA, _EA, _ES),
                                                to={"style_boost": ("main", "composition_weight")},
