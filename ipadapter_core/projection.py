@@ -80,6 +80,14 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out)
 
 
+def _perceiver_layers(dim, depth, dim_head, heads, ff_mult, operations) -> nn.ModuleList:
+    """``depth`` pairs (attention of the queries over [features; queries], feed-forward): keys layers.i.0 / .1."""
+    return nn.ModuleList(
+        nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads, operations=operations),
+                       _feed_forward(dim, ff_mult, operations)])
+        for _ in range(depth))
+
+
 class Resampler(nn.Module):
     """Plus / plus-face: a Perceiver resampler from the encoder's hidden states (B, P, W) to (B, N, C)."""
 
@@ -90,10 +98,7 @@ class Resampler(nn.Module):
         self.proj_in = operations.Linear(embedding_dim, dim)
         self.proj_out = operations.Linear(dim, output_dim)
         self.norm_out = operations.LayerNorm(output_dim)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads, operations=operations),
-                           _feed_forward(dim, ff_mult, operations)])
-            for _ in range(depth))
+        self.layers = _perceiver_layers(dim, depth, dim_head, heads, ff_mult, operations)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         latents = self.latents.to(hidden).expand(hidden.shape[0], -1, -1)  # (B, N, D)
@@ -130,10 +135,7 @@ class FacePerceiverResampler(nn.Module):
         self.proj_in = operations.Linear(embedding_dim, dim)
         self.proj_out = operations.Linear(dim, output_dim)
         self.norm_out = operations.LayerNorm(output_dim)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads, operations=operations),
-                           _feed_forward(dim, ff_mult, operations)])
-            for _ in range(depth))
+        self.layers = _perceiver_layers(dim, depth, dim_head, heads, ff_mult, operations)
 
     def forward(self, latents: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         x = self.proj_in(hidden)  # (B, P, D)
