@@ -15,7 +15,6 @@ from einops import rearrange
 
 from .adapter import IPAdapterModel
 from .frames import CallRows, FrameData, call_rows, chunk_rows, latent_grid, layer_mask, long_tensor  # noqa: F401
-from .image_prompt import ImagePrompt
 
 
 def sdpa_attention(q, k, v, heads, mask=None, attn_precision=None, **kwargs):

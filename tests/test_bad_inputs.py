@@ -109,7 +109,8 @@ def world(ext, tmp_path_factory):
     faceid_plus = ext.host.files.load_adapter(str(root / "ipadapter" / "faceid_plus.safetensors"), "plus v2")
     flux_adapter = ext.host.files.load_adapter(str(root / "ipadapter" / "flux_xlabs.safetensors"))
     yield dict(model=patcher, adapter=adapter, other_adapter=other_adapter, flux_adapter=flux_adapter,
-               clip_vision=clip_vision, prompt=prompt, other_prompt=other, root=root, runner=graph_runner, faceid=faceid, faceid_plus=faceid_plus,
+               clip_vision=clip_vision, prompt=prompt, other_prompt=other, root=root, runner=graph_runner,
+               faceid=faceid, faceid_plus=faceid_plus,
                face_prompt=face_prompt(ext, 1, seed=2), face_prompt_crops=face_prompt(ext, 1, seed=3, crops=True))
     folder_paths.set_input_directory(saved_input)
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import HOST, NO_HOST_REASON
 from test_faceid_parity import _PAIRS, _pair, _save_and_load, host_eps_with_weights, merge_lora
-from tiny_adapters import CTX, SIGMA, random_prompt, rel_err, save_and_load, tiny_adapter, tiny_inputs
+from tiny_adapters import SIGMA, random_prompt, rel_err, save_and_load, tiny_adapter, tiny_inputs
 from tiny_faceid import face_prompt, tiny_faceid
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
