@@ -178,8 +178,8 @@ class XLabsFluxAdapter(nn.Module):
                                operations=operations)
             for i in spec.double_blocks})
 
-    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, E) pooled embeds -> (n, T, C) tokens."""
+    def image_tokens(self, features: torch.Tensor, shortcut_weight: float = 1.0) -> torch.Tensor:
+        """(n, E) pooled embeds -> (n, T, C) tokens (``shortcut_weight`` is FaceID Plus v2's: unused here)."""
         return self.ip_adapter_proj_model(features)
 
     def block_keys_values(self, tokens: torch.Tensor, blocks=None) -> dict:

@@ -194,8 +194,9 @@ class InstantXSD35Adapter(nn.Module):
                               operations=operations)
             for i in spec.double_blocks})
 
-    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """Hidden states pass through unchanged: the resampler needs the step's timestep, so it runs at each call."""
+    def image_tokens(self, features: torch.Tensor, shortcut_weight: float = 1.0) -> torch.Tensor:
+        """Hidden states pass through unchanged: the resampler needs the step's timestep, so it runs at each call
+        (``shortcut_weight`` is FaceID Plus v2's: unused here)."""
         return features
 
 
