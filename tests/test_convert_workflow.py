@@ -1,13 +1,14 @@
-"""tools/convert_workflow.py on the incumbent's own 21 example workflows (tests/incumbent_workflows/, GPL-3.0 like
-this project) and on small API-format graphs written here.
+"""tools/convert_workflow.py on the incumbent's own 21 example workflows (read from a copy of
+cubiq/ComfyUI_IPAdapter_plus: $IPADAPTER_PLUS_PATH or a folder of the host's custom_nodes; those tests are skipped
+with the reason without it) and on small UI- and API-format graphs written here (which need nothing).
 
 * every example converts; links stay consistent at both ends, new ids follow the file's last ones, every node
   that is not the incumbent's is kept as it was (position, widgets, links), what is not converted is reported;
 * widget values land on our inputs by name (checked on the examples, against values read off the files here);
-* in the real host and front-end: converted graphs use only registered node types, apart from other packs, the
-  incumbent nodes reported as kept and the nodes other parts of the product add (``pending``); those using only
-  core nodes and ours load with no console error, give the same API graph in the front-end and in the tests, and
-  run to an image on stand-in files (ipadapter_simple; ipadapter_weighted_embeds too with IPADAPTER_SLOW_TESTS=1).
+* in the real host and front-end: converted graphs use only registered node types, apart from other packs and the
+  incumbent nodes reported as kept; those using only core nodes and ours load with no console error, give the same
+  API graph in the front-end and in the tests, and run to an image on stand-in files (ipadapter_simple;
+  ipadapter_weighted_embeds too with IPADAPTER_SLOW_TESTS=1).
 """
 import copy
 import json
@@ -25,9 +26,22 @@ from workflow_format import FRONTEND_ONLY, ordered_inputs, to_api
 from tools import incumbent_nodes as data  # the repository's tools/ (conftest puts the repository on sys.path)
 from tools.convert_workflow import convert
 
-EXAMPLES = REPO / "tests" / "incumbent_workflows"
-NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
-MIRROR = Path("/work/.mirror/cubiq+ComfyUI_IPAdapter_plus/repo")
+
+
+def incumbent_pack() -> Path | None:
+    """ComfyUI_IPAdapter_plus's folder: $IPADAPTER_PLUS_PATH, or a folder of the host's custom_nodes holding it."""
+    env = os.environ.get("IPADAPTER_PLUS_PATH")
+    custom_nodes = None if HOST is None else Path(HOST) / "custom_nodes"
+    folders = [Path(env)] if env else sorted(custom_nodes.iterdir()) if custom_nodes and custom_nodes.is_dir() else []
+    return next((f for f in folders if (f / "IPAdapterPlus.py").is_file() and (f / "examples").is_dir()), None)
+
+
+PACK = incumbent_pack()
+EXAMPLES = None if PACK is None else PACK / "examples"
+NO_EXAMPLES = ("cubiq/ComfyUI_IPAdapter_plus not found ($IPADAPTER_PLUS_PATH or the host's custom_nodes): its "
+               "example workflows are read from it")
+NAMES = (sorted(p.stem for p in EXAMPLES.glob("*.json")) if EXAMPLES else
+         [pytest.param("examples", marks=pytest.mark.skip(reason=NO_EXAMPLES))])
 # The incumbent's NODE_CLASS_MAPPINGS at 9d076a3 (2025-02-26), written out.
 INCUMBENT_IDS = """IPAdapter IPAdapterAdvanced IPAdapterBatch IPAdapterFaceID IPAdapterFaceIDKolors
 IPAAdapterFaceIDBatch IPAdapterTiled IPAdapterTiledBatch IPAdapterEmbeds IPAdapterEmbedsBatch IPAdapterStyleComposition
@@ -43,6 +57,8 @@ PENDING_TYPES = {name for name, target in data.TARGETS.items() if target.pending
 
 
 def load(name):
+    if EXAMPLES is None:
+        pytest.skip(NO_EXAMPLES)
     return json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))
 
 
@@ -82,9 +98,8 @@ def _without_links(node):
 
 def test_the_37_node_ids_of_the_incumbent_each_have_a_rule():
     assert len(INCUMBENT_IDS) == 37 and set(data.RULES) == set(INCUMBENT_IDS)
-    if MIRROR.is_dir():  # the incumbent's own file, when a copy of it is at hand
-        text = subprocess.run(["git", "--git-dir", str(MIRROR), "show", "HEAD:IPAdapterPlus.py"],
-                              capture_output=True, text=True, check=True).stdout
+    if PACK is not None:  # the incumbent's own file, when a copy of it is at hand
+        text = (PACK / "IPAdapterPlus.py").read_text(encoding="utf-8")
         block = text[text.index("NODE_CLASS_MAPPINGS = {"):]
         block = block[:block.index("}")]
         assert set(re.findall(r'"(\w+)":', block)) == set(INCUMBENT_IDS)
@@ -351,6 +366,7 @@ def test_api_and_ui_formats_give_the_same_graph():
     assert len(out_api) == len(out_ui["nodes"])
 
 
+@pytest.mark.skipif(EXAMPLES is None, reason=NO_EXAMPLES)
 def test_command_line_converts_a_folder_and_reports(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tools.convert_workflow", "--folder", str(EXAMPLES),
                           str(tmp_path / "out"), "--report", str(tmp_path / "report.json")],
@@ -390,7 +406,7 @@ def server(model_files, tmp_path_factory):
     (base / "models/checkpoints" / RUN_CHECKPOINT).symlink_to(model_files["sd15"])
     (base / "models/clip_vision/encoder.safetensors").symlink_to(model_files["vit_h"])
     write_random_adapter(base / "models/ipadapter/adapter.safetensors", "ip-adapter-plus_sd15")
-    images = {v for name in NAMES for n in load(name)["nodes"] if n["type"] == "LoadImage"
+    images = {v for name in (NAMES if EXAMPLES else []) for n in load(name)["nodes"] if n["type"] == "LoadImage"
               for v in n["widgets_values"][:1]}  # every example's reference images: the front-end shows them
     for seed, name in enumerate(sorted(images)):
         workflow_files._image(seed)(base / "input" / name, model_files)
@@ -565,3 +581,54 @@ def test_the_targets_are_the_registered_nodes(ext):
             if mine.widget and real.default is not None:  # (a file list has none)
                 assert mine.default == real.default, (name, mine.name)
         assert [t for _, t in target.outputs] == [o.get_io_type() for o in schema.outputs], name
+
+
+def _ui_node(id_, type_, pos, inputs=(), outputs=(), widgets=()):
+    """A node as the front-end saves it: inputs [(name, type, link)], outputs [(name, type, links)]."""
+    return {"id": id_, "type": type_, "pos": list(pos), "size": [300, 100], "flags": {}, "order": id_ - 1, "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs],
+            "outputs": [{"name": n, "type": t, "links": links} for n, t, links in outputs],
+            "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+
+
+def _ui_graph():
+    """A small UI-format graph written here with the incumbent's node types and widget order (the twin of the
+    example-based tests: it needs no copy of the incumbent)."""
+    nodes = [
+        _ui_node(1, "CheckpointLoaderSimple", (0, 0), outputs=[("MODEL", "MODEL", [1]), ("CLIP", "CLIP", None),
+                                                               ("VAE", "VAE", None)], widgets=["sd15.safetensors"]),
+        _ui_node(2, "IPAdapterUnifiedLoader", (400, 0), inputs=[("model", "MODEL", 1), ("ipadapter", "IPADAPTER", None)],
+                 outputs=[("model", "MODEL", [2]), ("ipadapter", "IPADAPTER", [3])], widgets=["PLUS (high strength)"]),
+        _ui_node(3, "LoadImage", (0, 300), outputs=[("IMAGE", "IMAGE", [4]), ("MASK", "MASK", None)],
+                 widgets=["reference.png", "image"]),
+        _ui_node(4, "IPAdapterAdvanced", (800, 0), inputs=[
+            ("model", "MODEL", 2), ("ipadapter", "IPADAPTER", 3), ("image", "IMAGE", 4),
+            ("image_negative", "IMAGE", None), ("attn_mask", "MASK", None), ("clip_vision", "CLIP_VISION", None)],
+            outputs=[("MODEL", "MODEL", [5])], widgets=[0.7, "style transfer", "concat", 0.1, 0.9, "K+V"]),
+        _ui_node(5, "KSampler", (1200, 0), inputs=[("model", "MODEL", 5)], outputs=[("LATENT", "LATENT", None)],
+                 widgets=[3, "fixed", 20, 7.0, "euler", "normal", 1.0]),
+    ]
+    links = [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 4, 0, "MODEL"], [3, 2, 1, 4, 1, "IPADAPTER"],
+             [4, 3, 0, 4, 2, "IMAGE"], [5, 4, 0, 5, 0, "MODEL"]]
+    return {"last_node_id": 5, "last_link_id": 5, "nodes": nodes, "links": links, "groups": [], "config": {},
+            "extra": {}, "version": 0.4}
+
+
+def test_a_ui_graph_written_here_converts():
+    graph = _ui_graph()
+    out, report = convert(copy.deepcopy(graph))
+    check_links(out)
+    types = {n["type"] for n in out["nodes"]}
+    assert types == {"CheckpointLoaderSimple", "LoadIPAdapterByPreset", "LoadImage", "EncodeImagePrompt",
+                     "ApplyIPAdapterAdvanced", "KSampler"}
+    assert out["last_node_id"] > 5 and not report.kept
+    loader, apply = _node(out, "LoadIPAdapterByPreset", id=2), _node(out, "ApplyIPAdapterAdvanced", id=4)
+    assert loader["widgets_values"][0] == "plus"
+    assert apply["widgets_values"][:4] == [0.7, 0.1, 0.9, "style transfer"] and apply["widgets_values"][8] == "K+V"
+    encode = _feeds(out, apply, "image_prompt")[0]
+    assert _feeds(out, encode, "image")[0]["id"] == 3 and _feeds(out, encode, "clip_vision") == (loader, 2)
+    assert _feeds(out, apply, "model") == (loader, 0) and _feeds(out, apply, "ipadapter") == (loader, 1)
+    kept = {n["id"]: n for n in graph["nodes"] if n["type"] in ("CheckpointLoaderSimple", "LoadImage", "KSampler")}
+    for node in out["nodes"]:
+        if node["id"] in kept:
+            assert _without_links(node) == _without_links(kept[node["id"]])
