@@ -597,7 +597,8 @@ def _ui_graph():
     nodes = [
         _ui_node(1, "CheckpointLoaderSimple", (0, 0), outputs=[("MODEL", "MODEL", [1]), ("CLIP", "CLIP", None),
                                                                ("VAE", "VAE", None)], widgets=["sd15.safetensors"]),
-        _ui_node(2, "IPAdapterUnifiedLoader", (400, 0), inputs=[("model", "MODEL", 1), ("ipadapter", "IPADAPTER", None)],
+        _ui_node(2, "IPAdapterUnifiedLoader", (400, 0),
+                 inputs=[("model", "MODEL", 1), ("ipadapter", "IPADAPTER", None)],
                  outputs=[("model", "MODEL", [2]), ("ipadapter", "IPADAPTER", [3])], widgets=["PLUS (high strength)"]),
         _ui_node(3, "LoadImage", (0, 300), outputs=[("IMAGE", "IMAGE", [4]), ("MASK", "MASK", None)],
                  widgets=["reference.png", "image"]),
