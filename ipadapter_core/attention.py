@@ -223,20 +223,15 @@ def _uncond_rows(chunks: tuple[int, ...], per: int, device: torch.device) -> tor
     return long_tensor((int(c == 1) for c in chunks for _ in range(per)), device)
 
 
-class IPAttentionPatch:
-    """attn2 replacement for one layer: the layer's own attention (or the patch that was there before) plus
-    one decoupled image branch per stacked adapter. Immutable once built: stacking makes a new object, and
-    ``copy.deepcopy`` (the host's ``ModelPatcher.clone``) returns the same object instead of copying tensors."""
-
-    def __init__(self, branches: tuple[Branch, ...], attention: Callable = sdpa_attention, inner=None):
-        self.branches = tuple(branches)
-        self.attention = attention
-        self.inner = inner  # a previous attn2 replacement of another extension, or None
-        self._placed_key = None  # (device, dtype) of the copy below: a cache, not state
-        self._placed: tuple[Branch, ...] = ()
-
-    def stacked(self, branch: Branch) -> "IPAttentionPatch":
-        return IPAttentionPatch(self.branches + (branch,), self.attention, self.inner)
+class HostPatch:
+    """The host's patch protocol, shared by the patch objects: ``copy.deepcopy`` (the host's
+    ``ModelPatcher.clone``) returns the same object instead of copying tensors; ``to`` and ``models`` reach the
+    patch that was there before (``inner``); ``_on`` places ``branches`` on the compute device at the first call
+    (a cache, not state)."""
+    branches: tuple = ()
+    inner = None
+    _placed_key = None  # (device, dtype) of the placed copy
+    _placed: tuple = ()
 
     def __deepcopy__(self, memo):
         return self
@@ -260,10 +255,24 @@ class IPAttentionPatch:
     def models(self):
         return self.inner.models() if hasattr(self.inner, "models") else []
 
-    def _place(self, device, dtype) -> tuple[Branch, ...]:
-        self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
-        self._placed_key = (device, dtype)
+    def _on(self, device, dtype) -> tuple:
+        if self._placed_key != (device, dtype):
+            self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
+            self._placed_key = (device, dtype)
         return self._placed
+
+
+class IPAttentionPatch(HostPatch):
+    """attn2 replacement for one layer: the layer's own attention (or the patch that was there before) plus
+    one decoupled image branch per stacked adapter. Immutable once built: stacking makes a new object."""
+
+    def __init__(self, branches: tuple[Branch, ...], attention: Callable = sdpa_attention, inner=None):
+        self.branches = tuple(branches)
+        self.attention = attention
+        self.inner = inner  # a previous attn2 replacement of another extension, or None
+
+    def stacked(self, branch: Branch) -> "IPAttentionPatch":
+        return IPAttentionPatch(self.branches + (branch,), self.attention, self.inner)
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -272,7 +281,7 @@ class IPAttentionPatch:
             out = self.inner(q, k, v, extra_options)
         else:
             out = self.attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
-        placed = self._placed if self._placed_key == (q.device, q.dtype) else self._place(q.device, q.dtype)
+        placed = self._on(q.device, q.dtype)
         if not placed:
             return out
         rows = call_rows(extra_options, q.shape[0])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import Branch, _scale, prompt_tokens
+from .attention import Branch, HostPatch, _scale, prompt_tokens
 from .dit_sd3 import StepTokens, norm_ratio, sd35_image_attention, sd35_query_key
 from .frames import FrameData, call_rows, chunk_rows
 from .image_prompt import ImagePrompt
@@ -73,39 +73,19 @@ def _token_mask(frames: FrameData, rows, tokens: int, options: Mapping, patch_si
     return mask
 
 
-class DiTBlockPatch:
+class DiTBlockPatch(HostPatch):
     """``patches_replace["dit"]`` entry of one block: the block (or the patch that was there before, ``inner``),
     then one image branch per stacked adapter added to the image tokens. Immutable once built (stacking makes a
-    new object); ``copy.deepcopy`` (the host's clone) returns the same object."""
+    new object)."""
 
     def __init__(self, block, branches: tuple[Branch, ...], *, heads: int, patch_size: int = 2,
                  weights=own_weights, attention: Callable = sdpa_heads, inner=None):
         self.block, self.branches, self.heads, self.patch_size = block, tuple(branches), heads, patch_size
         self.weights, self.attention, self.inner = weights, attention, inner
-        self._placed_key, self._placed = None, ()  # a cache of the branches on the compute device, not state
 
     def stacked(self, branch: Branch) -> "DiTBlockPatch":
         return DiTBlockPatch(self.block, self.branches + (branch,), heads=self.heads, patch_size=self.patch_size,
                              weights=self.weights, attention=self.attention, inner=self.inner)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, device_or_dtype):
-        """Host protocol: the device copy is made at the first call and dropped when the target changes."""
-        self._placed_key, self._placed = None, ()
-        if hasattr(self.inner, "to"):
-            self.inner = self.inner.to(device_or_dtype)
-        return self
-
-    def models(self):
-        return self.inner.models() if hasattr(self.inner, "models") else []
-
-    def _on(self, device, dtype) -> tuple[Branch, ...]:
-        if self._placed_key != (device, dtype):
-            self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
-            self._placed_key = (device, dtype)
-        return self._placed
 
     def __call__(self, args, extra):
         img = args["img"]
@@ -164,11 +144,11 @@ def build_sd35_branches(adapter, prompt: ImagePrompt, block_weights: Mapping[tup
             for key, w in block_weights.items()}
 
 
-class SD35BlockPatch:
+class SD35BlockPatch(HostPatch):
     """``patches_replace["dit"]`` entry of one MMDiT joint block for InstantX SD3.5 adapters: the block (or the
     patch that was there, ``inner``) runs with an ``optimized_attention_override`` in a copy of its
     transformer_options that adds each branch's image attention to the image tokens' part of the joint attention
-    output, before the block's output projection (where the reference adds it). Immutable; shared by deepcopy."""
+    output, before the block's output projection (where the reference adds it). Immutable."""
 
     def __init__(self, block, branches: tuple[StepBranch, ...], *, patch_size: int = 2, weights=own_weights,
                  inner=None):
@@ -178,17 +158,6 @@ class SD35BlockPatch:
     def stacked(self, branch: StepBranch) -> "SD35BlockPatch":
         return SD35BlockPatch(self.block, self.branches + (branch,), patch_size=self.patch_size,
                               weights=self.weights, inner=self.inner)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, device_or_dtype):
-        if hasattr(self.inner, "to"):
-            self.inner = self.inner.to(device_or_dtype)
-        return self
-
-    def models(self):
-        return self.inner.models() if hasattr(self.inner, "models") else []
 
     def _image_terms(self, options, rows, qk, v, device, dtype) -> torch.Tensor:
         """Sum over the branches of weight x mask x the image attention, (B, L, h*d). ``qk``: the image tokens'
