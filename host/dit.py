@@ -8,8 +8,9 @@ from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
 from ..ipadapter_core import InputError, ModelMismatchError
 from ..ipadapter_core.dit import dit_block_weights
-from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, DiTBlockPatch, SD35BlockPatch, build_dit_branches,
-                                            build_sd35_branches, with_norm_ratios)
+from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, TEXT_TOKENS_KEY, DiTBlockPatch, InstantXFluxPatch,
+                                            SD35BlockPatch, build_dit_branches, build_sd35_branches,
+                                            with_norm_ratios)
 from .unet import ATTENTION
 
 WRAPPER_KEY = "ipadapter_latent_shape"
@@ -69,10 +70,31 @@ def host_weights(linear, like):
 
 
 def record_latent_shape(executor, x, *args, **kwargs):
-    """APPLY_MODEL wrapper: the latent's shape in a copy of transformer_options (args[4]), for masks."""
+    """APPLY_MODEL wrapper: the latent's shape and the text context's length (args: t, c_concat, c_crossattn,
+    control, transformer_options) in a copy of transformer_options, for masks."""
     args = list(args)
-    args[4] = {**(args[4] or {}), LATENT_SHAPE_KEY: tuple(x.shape)}
+    context = args[2]
+    recorded = {LATENT_SHAPE_KEY: tuple(x.shape)}
+    if context is not None:
+        recorded[TEXT_TOKENS_KEY] = context.shape[1]
+    args[4] = {**(args[4] or {}), **recorded}
     return executor(x, *args, **kwargs)
+
+
+def _patch_maker(model, adapter):
+    """(patch class, make(key, block, branch, previous)) for the adapter's kind."""
+    net = model.get_model_object("diffusion_model")
+    if adapter.spec.kind == "xlabs_flux":
+        return DiTBlockPatch, lambda key, block, branch, previous: DiTBlockPatch(
+            block, (branch,), heads=net.num_heads, patch_size=net.patch_size, weights=host_weights,
+            attention=ATTENTION, inner=previous)
+    if adapter.spec.kind == "instantx_flux":
+        return InstantXFluxPatch, lambda key, block, branch, previous: InstantXFluxPatch(
+            (branch,), double=key[0] == "double_block", heads=net.num_heads,
+            img_first=bool(getattr(block, "flipped_img_txt", False)) and key[0] == "double_block",
+            patch_size=net.patch_size, attention=ATTENTION, inner=previous)
+    return SD35BlockPatch, lambda key, block, branch, previous: SD35BlockPatch(
+        block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
 
 
 def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, options, schedule=None):
@@ -90,24 +112,20 @@ def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, option
     mask = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
     net = model.get_model_object("diffusion_model")
     if adapter.spec.family == "flux":
-        branches = build_dit_branches(adapter.model, prompt, weights, sigma_range, schedule=schedule, mask=mask)
-        make = lambda block, branch, previous: DiTBlockPatch(  # noqa: E731
-            block, (branch,), heads=net.num_heads, patch_size=net.patch_size, weights=host_weights,
-            attention=ATTENTION, inner=previous)
-        kind = DiTBlockPatch
+        kv_options = {"head_dim": net.hidden_size // net.num_heads} if adapter.spec.kind == "instantx_flux" else {}
+        branches = build_dit_branches(adapter.model, prompt, weights, sigma_range, schedule=schedule, mask=mask,
+                                      **kv_options)
     else:
         timestep_of = model.get_model_object("model_sampling").timestep
         branches = build_sd35_branches(adapter.model, prompt, weights, timestep_of, sigma_range, schedule=schedule,
                                        mask=mask)
         branches = with_norm_ratios(branches, _family_blocks(model, "sd35"))
-        make = lambda block, branch, previous: SD35BlockPatch(  # noqa: E731
-            block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
-        kind = SD35BlockPatch
+    kind, make = _patch_maker(model, adapter)
     blocks = _family_blocks(model, adapter.spec.family)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for key, branch in branches.items():
         previous = existing.get(key)
-        patch = previous.stacked(branch) if isinstance(previous, kind) else make(blocks[key], branch, previous)
+        patch = previous.stacked(branch) if isinstance(previous, kind) else make(key, blocks[key], branch, previous)
         patched.set_model_patch_replace(patch, "dit", *key)
     if mask is not None:
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,

@@ -19,6 +19,8 @@ from .frames import FrameData, call_rows, chunk_rows
 from .image_prompt import ImagePrompt
 
 LATENT_SHAPE_KEY = "ipadapter_latent_shape"  # transformer_options entry: the latent's (B, C, H, W), for masks
+TEXT_TOKENS_KEY = "ipadapter_text_tokens"  # ... and the text context's token count (where a single block's image
+# tokens start)
 
 
 def sdpa_heads(q, k, v, heads, skip_reshape=True, **kwargs):
@@ -47,13 +49,14 @@ def flux_image_query(block, img: torch.Tensor, vec: torch.Tensor, weights=own_we
 @torch.no_grad()
 def build_dit_branches(adapter, prompt: ImagePrompt, block_weights: Mapping[tuple[str, int], float],
                        sigma_range: tuple[float, float] | None = None, *, schedule=None,
-                       mask: torch.Tensor | None = None) -> dict[tuple[str, int], Branch]:
+                       mask: torch.Tensor | None = None, **kv_options) -> dict[tuple[str, int], Branch]:
     """{block key: Branch} holding K'/V' (1, N, H) for cond and uncond rows, for the blocks in ``block_weights``.
-    The images are projected once, here; several images' tokens are concatenated. ``mask`` (M, H, W)."""
+    The images are projected once, here; several images' tokens are concatenated. ``mask`` (M, H, W).
+    ``kv_options`` go to the adapter's ``block_keys_values`` (InstantX: the model's ``head_dim``)."""
     prompt.check_fits(adapter.spec)
     tokens, _ = prompt_tokens(adapter, prompt, unfold=False)  # (2, N, C): cond, uncond
-    kv_cond = adapter.block_keys_values(tokens[:1], block_weights)
-    kv_uncond = adapter.block_keys_values(tokens[1:], block_weights)
+    kv_cond = adapter.block_keys_values(tokens[:1], block_weights, **kv_options)
+    kv_uncond = adapter.block_keys_values(tokens[1:], block_weights, **kv_options)
     frames = None if mask is None else FrameData(None, 0, mask.detach().float().cpu(), None)
     return {key: Branch(*kv_cond[key], *kv_uncond[key], weight=block_weights[key], sigma_range=sigma_range,
                         schedule=schedule, frames=frames)
@@ -105,6 +108,86 @@ class DiTBlockPatch(HostPatch):
             added = added + ip * _scale(branch, sigmas, added.dtype)
         return {**out, "img": added}
 
+
+
+def unrotate(q: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
+    """The query before RoPE from the rotated one the host's Flux attention gets: each channel pair turned back
+    by the transpose of its 2x2 rotation. q (B, h, L, d); pe (B, 1, L, d/2, 2, 2) as the host's ``EmbedND``
+    makes it (fp32), or None (no rotation)."""
+    if pe is None:
+        return q
+    pairs = q.float().reshape(*q.shape[:-1], -1, 1, 2)  # (B, h, L, d/2, 1, 2)
+    back = pe.transpose(-1, -2)  # the inverse rotations
+    out = back[..., 0] * pairs[..., 0] + back[..., 1] * pairs[..., 1]  # (B, h, L, d/2, 2)
+    return out.reshape(q.shape).to(q.dtype)
+
+
+def _sequence_mask(frames: FrameData, rows, options: Mapping, total: int, patch_size: int, device, dtype):
+    """(B, total, 1) mask over a single block's joint sequence: text tokens 0, the latent's grid of patches from
+    the mask, tokens after it (reference latents) 0."""
+    text = options.get(TEXT_TOKENS_KEY)
+    if text is None:
+        raise ValueError("a masked IP-Adapter branch needs the text length: apply it through Apply IP-Adapter")
+    mask = _token_mask(frames, rows, total - text, options, patch_size, device, dtype)  # (B, total - text, 1)
+    return F.pad(mask, (0, 0, text, 0))
+
+
+class InstantXFluxPatch(HostPatch):
+    """``patches_replace["dit"]`` entry of one Flux double or single block for InstantX FLUX.1-dev adapters
+    (docs/inference.md#instantx-flux). The block (or the patch that was there, ``inner``) runs with an
+    ``optimized_attention_override`` in a copy of its transformer_options that adds each branch's
+    ``λ · Attn(q, K', V')`` to the joint attention's output before the block's output projection: on the image
+    tokens in a double block, on every token in a single block. q is the block's own query before RoPE (turned
+    back from the rotated one the attention gets). Immutable."""
+
+    def __init__(self, branches: tuple[Branch, ...], *, double: bool, heads: int, img_first: bool = False,
+                 patch_size: int = 2, attention: Callable = sdpa_heads, inner=None):
+        self.branches, self.double, self.heads, self.img_first = tuple(branches), double, heads, img_first
+        self.patch_size, self.attention, self.inner = patch_size, attention, inner
+
+    def stacked(self, branch: Branch) -> "InstantXFluxPatch":
+        return InstantXFluxPatch(self.branches + (branch,), double=self.double, heads=self.heads,
+                                 img_first=self.img_first, patch_size=self.patch_size, attention=self.attention,
+                                 inner=self.inner)
+
+    def _terms(self, query, options, rows, device, dtype) -> torch.Tensor:
+        """Sum over the branches of weight x gate x mask x Attn(q, K', V'), (B, L, h*d) for q (B, h, L, d)."""
+        sigmas = options.get("sigmas")
+        total = 0
+        for branch in self._on(device, dtype):
+            k, v = (rearrange(chunk_rows(c, u, rows), "b n (h d) -> b h n d", h=self.heads)
+                    for c, u in ((branch.k_cond, branch.k_uncond), (branch.v_cond, branch.v_uncond)))
+            ip = self.attention(query, k, v, self.heads, skip_reshape=True)  # (B, L, h*d)
+            if branch.frames is not None:
+                mask = (_token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
+                        if self.double else
+                        _sequence_mask(branch.frames, rows, options, ip.shape[1], self.patch_size, device, dtype))
+                ip = ip * mask
+            total = total + ip * _scale(branch, sigmas, dtype)
+        return total
+
+    def __call__(self, args, extra):
+        img, pe = args["img"], args.get("pe")
+        options = args.get("transformer_options") or {}
+        rows = call_rows(options, img.shape[0])
+        text = args["txt"].shape[1] if self.double else 0
+        length = text + img.shape[1]
+        # the tokens that get the term: a double block's image tokens (after the text unless the block puts the
+        # image first), a single block's whole sequence
+        part = slice(0, img.shape[1]) if self.img_first else slice(text, length)
+        rotation = None if pe is None else pe[:, :, part]
+        previous = options.get("optimized_attention_override")
+
+        def override(func, *a, **kw):
+            out = previous(func, *a, **kw) if previous is not None else func(*a, **kw)
+            if a[0].dim() != 4 or a[0].shape[2] != length:  # not this block's joint attention
+                return out
+            query = unrotate(a[0][:, :, part], rotation)  # (B, h, L, d)
+            added = out[:, part] + self._terms(query, options, rows, out.device, out.dtype)
+            return torch.cat([out[:, :part.start], added, out[:, part.stop:]], dim=1)  # (B, T+L, h*d)
+
+        args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
+        return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
 
 
 @dataclass(frozen=True)

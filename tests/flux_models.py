@@ -200,3 +200,103 @@ def diffusers_velocity(twin, x, sigma, context, pooled, ip_tokens=None):
                    txt_ids=torch.zeros(context.shape[1], 3), guidance=torch.full((b,), GUIDANCE),
                    joint_attention_kwargs=kwargs).sample
     return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
+
+
+# InstantX FLUX.1-dev IP-Adapter
+# ------------------------------
+# The reference below is written from the authors' published processor (InstantX/FLUX.1-dev-IP-Adapter's
+# ``IPAFluxAttnProcessor2_0`` as its ComfyUI node Shakker-Labs/ComfyUI-IPAdapter-Flux runs it, with its blocks
+# ``DoubleStreamBlockIPA`` / ``SingleStreamBlockIPA``), on diffusers' Flux attention (no diffusers class exists):
+# * tokens = LayerNorm(Linear(GELU(Linear(pooled))) as T tokens of C) (its ``MLPProjModel``; diffusers'
+#   ``IPAdapterFaceIDImageProjection`` computes the same);
+# * per block, K' = tokens Wk'^T, V' = tokens Wv'^T (no bias), split into the block's heads, each RMS-normed over
+#   the head's channels (diffusers' ``RMSNorm(d, eps=1e-5, elementwise_affine=False)``, as the authors use);
+# * ip = scale * SDPA(q, K', V') with q the block's query after its q-norm and before RoPE: the image stream's in a
+#   double block, the whole (text + image) sequence's in a single block;
+# * ip is added to the attention output before the block's output projection (double: the image part, before
+#   ``to_out``; single: every token, before ``proj_out``).
+
+def instantx_adapter(seed, tokens=6, hidden=HIDDEN, width=TOKEN_WIDTH, embed=EMBED, inner=48, blocks=57):
+    """An InstantX FLUX.1-dev state dict in the file's layout, flattened (``image_proj.*``, ``ip_adapter.*``)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2):
+        return torch.randn(shape, generator=g) * scale
+
+    sd = {"image_proj.proj.0.weight": rand(inner, embed, scale=0.3), "image_proj.proj.0.bias": rand(inner),
+          "image_proj.proj.2.weight": rand(tokens * width, inner), "image_proj.proj.2.bias": rand(tokens * width),
+          "image_proj.norm.weight": 1 + rand(width), "image_proj.norm.bias": rand(width)}
+    for n in range(blocks):
+        for kv in "kv":
+            sd[f"ip_adapter.{n}.to_{kv}_ip.weight"] = rand(hidden, width, scale=0.5)
+    return sd
+
+
+def instantx_tokens(sd, embeds):
+    """The image tokens (1, n*T, C) of pooled ``embeds`` (n, E) through diffusers' IPAdapterFaceIDImageProjection,
+    the images' tokens side by side."""
+    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+    inner, embed = sd["image_proj.proj.0.weight"].shape
+    width = sd["image_proj.norm.weight"].shape[0]
+    tokens = sd["image_proj.proj.2.weight"].shape[0] // width
+    proj = IPAdapterFaceIDImageProjection(image_embed_dim=embed, cross_attention_dim=width, mult=inner // embed,
+                                          num_tokens=tokens)
+    names = {"ff.net.0.proj.weight": "proj.0.weight", "ff.net.0.proj.bias": "proj.0.bias",
+             "ff.net.2.weight": "proj.2.weight", "ff.net.2.bias": "proj.2.bias", "norm.weight": "norm.weight",
+             "norm.bias": "norm.bias"}
+    proj.load_state_dict({ours: sd["image_proj." + theirs] for ours, theirs in names.items()})
+    with torch.no_grad():
+        return proj.float()(embeds.float()).reshape(1, -1, width)
+
+
+class InstantXReferenceProcessor:
+    """diffusers Flux attention plus the InstantX image term (notes above). ``adapters``: [(Wk', Wv', scale,
+    tokens (1, N, C))], one entry per stacked adapter, for this block."""
+
+    def __init__(self, adapters):
+        from diffusers.models.normalization import RMSNorm
+        self.adapters = adapters
+        self._rms = RMSNorm
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        import torch.nn.functional as F
+        from diffusers.models.embeddings import apply_rotary_emb
+        d = attn.head_dim
+        norm_kv = self._rms(d, eps=1e-5, elementwise_affine=False)
+        split = lambda t: t.unflatten(-1, (-1, d))  # noqa: E731  (B, L, h, d)
+        query = attn.norm_q(split(attn.to_q(hidden_states)))
+        key, value = attn.norm_k(split(attn.to_k(hidden_states))), split(attn.to_v(hidden_states))
+        ip_query = query  # after the q-norm, before RoPE: the image stream (double) or everything (single)
+        if encoder_hidden_states is not None:
+            query = torch.cat([attn.norm_added_q(split(attn.add_q_proj(encoder_hidden_states))), query], dim=1)
+            key = torch.cat([attn.norm_added_k(split(attn.add_k_proj(encoder_hidden_states))), key], dim=1)
+            value = torch.cat([split(attn.add_v_proj(encoder_hidden_states)), value], dim=1)
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        out = out.transpose(1, 2).flatten(2, 3)  # (B, T+L, h*d)
+        ip_total = 0
+        for wk, wv, scale, tokens in self.adapters:
+            k_ip, v_ip = norm_kv(split(tokens @ wk.T)), norm_kv(split(tokens @ wv.T))  # (1, N, h, d)
+            ip = F.scaled_dot_product_attention(ip_query.transpose(1, 2), k_ip.transpose(1, 2).expand(
+                ip_query.shape[0], -1, -1, -1), v_ip.transpose(1, 2).expand(ip_query.shape[0], -1, -1, -1))
+            ip_total = ip_total + scale * ip.transpose(1, 2).flatten(2, 3)  # (B, L, h*d)
+        if encoder_hidden_states is None:
+            return out + ip_total
+        text = encoder_hidden_states.shape[1]
+        hidden = attn.to_out[1](attn.to_out[0](out[:, text:] + ip_total))
+        return hidden, attn.to_add_out(out[:, :text])
+
+
+def diffusers_instantx(twin, adapters):
+    """``twin`` with the reference processor on all 57 attentions; ``adapters``: [(state dict, scale, tokens)]."""
+    double = twin.config.num_layers
+    procs = {}
+    for name in twin.attn_processors:
+        index = int(name.split(".")[1])
+        n = index if name.startswith("transformer_blocks.") else double + index
+        procs[name] = InstantXReferenceProcessor([
+            (sd[f"ip_adapter.{n}.to_k_ip.weight"].float(), sd[f"ip_adapter.{n}.to_v_ip.weight"].float(), scale,
+             tokens) for sd, scale, tokens in adapters])
+    twin.set_attn_processor(procs)
+    return twin

@@ -6,7 +6,7 @@ import torch
 from dit_formats import FLUX_HIDDEN, T5_WIDTH, VIT_L_EMBEDS, instantx_flux, instantx_sd35, xlabs_flux
 from ipadapter_suite.ipadapter_core import (AdapterFileError, EncoderMismatchError, ImagePrompt,
                                             UnsupportedAdapterError, detect_spec)
-from ipadapter_suite.ipadapter_core.dit import build_dit_adapter, detect_dit_spec, dit_block_weights
+from ipadapter_suite.ipadapter_core.dit import build_dit_adapter, detect_dit_spec, dit_block_weights, is_dit_layout
 from ipadapter_suite.ipadapter_core.errors import InputError
 from ipadapter_suite.ipadapter_core.weights import is_dit_adapter_file, load_dit_adapter_file
 
@@ -92,13 +92,70 @@ def test_block_weights_linear_custom_and_refused_presets():
         dit_block_weights(spec, "style transfer", 1.0)
 
 
-def test_instantx_flux_is_named_not_taken_for_faceid():
-    with pytest.raises(UnsupportedAdapterError, match="InstantX FLUX.1-dev IP-Adapter.*use the XLabs Flux"):
+def _flat(nested):
+    return {f"{part}.{key}": value for part, values in nested.items() for key, value in values.items()}
+
+
+def test_instantx_flux_in_the_h94_reader_is_named_not_taken_for_faceid():
+    with pytest.raises(UnsupportedAdapterError, match="InstantX FLUX.1-dev IP-Adapter, a Flux adapter: load it "
+                                                      "with Load IP-Adapter"):
         detect_spec(instantx_flux())
 
 
-def _flat(nested):
-    return {f"{part}.{key}": value for part, values in nested.items() for key, value in values.items()}
+def test_instantx_flux_detects_and_loads_strictly():
+    flat = _flat(instantx_flux())
+    assert is_dit_layout(flat)
+    spec = detect_dit_spec(flat)
+    assert (spec.kind, spec.family, spec.feature, spec.tokens) == ("instantx_flux", "flux", "pooled", 128)
+    assert (spec.encoder_width, spec.cross_attention_dim, spec.hidden, spec.proj_hidden) == (
+        1152, T5_WIDTH, FLUX_HIDDEN, 2304)
+    assert spec.block_keys == (tuple(("double_block", i) for i in range(19))
+                               + tuple(("single_block", i) for i in range(38)))
+    assert spec.encoder == "SigLIP so400m-384 (with its pooling head)"
+    assert spec.describe.startswith("InstantX FLUX.1-dev IP-Adapter (128 tokens)")
+    model = build_dit_adapter(flat)  # strict
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in flat.items()}
+    assert sum(p.numel() for p in model.ip_adapter.parameters()) == 57 * 2 * FLUX_HIDDEN * T5_WIDTH
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda sd: sd.pop("ip_adapter.40.to_v_ip.weight"), r"K'/V' for 57 blocks \(incomplete or missing: \[40\]"),
+    (lambda sd: (sd.pop("ip_adapter.56.to_k_ip.weight"), sd.pop("ip_adapter.56.to_v_ip.weight")),
+     r"K'/V' for 56 blocks \(incomplete or missing: \[56\]"),
+    (lambda sd: sd.update({"ip_adapter.3.to_k_ip.weight": torch.empty(FLUX_HIDDEN, 768, device="meta")}),
+     r"ip_adapter.3.to_k_ip.weight is \[3072, 768\], not \[3072, 4096\]"),
+    (lambda sd: sd.pop("image_proj.norm.bias"), "image_proj.*lacks norm.bias"),
+    (lambda sd: sd.update({"image_proj.proj.2.bias": torch.empty(7, device="meta")}),
+     "image_proj.proj.2.bias does not fit an MLP from 1152"),
+    (lambda sd: sd.update({"ip_adapter.3.to_k_ip.bias": torch.empty(FLUX_HIDDEN, device="meta")}),
+     "unexpected key 'ip_adapter.3.to_k_ip.bias'"),
+])
+def test_bad_instantx_flux_files_are_named(edit, message):
+    flat = _flat(instantx_flux())
+    edit(flat)
+    with pytest.raises(AdapterFileError, match=message):
+        detect_dit_spec(flat)
+
+
+def test_instantx_flux_block_weights_name_double_and_single_blocks():
+    spec = detect_dit_spec(_flat(instantx_flux()))
+    assert len(dit_block_weights(spec, "linear", 1.0)) == 57
+    assert dit_block_weights(spec, "custom", 1.0, "single 0=0.5, double 18=2") == {
+        ("single_block", 0): 0.5, ("double_block", 18): 2.0}
+    with pytest.raises(InputError, match="3 numbers for 57 blocks"):
+        dit_block_weights(spec, "custom", 1.0, "1, 2, 3")
+    with pytest.raises(InputError, match="'single 38' is not a block.*'single 0' ... 'single 37'"):
+        dit_block_weights(spec, "custom", 1.0, "single 38=1")
+
+
+def test_a_prompt_without_the_pooled_siglip_embedding_is_refused():
+    spec = detect_dit_spec(_flat(instantx_flux()))
+    tokens = torch.zeros(1, 729, 1152)  # the host's SigLIP image_embeds: token states, no pooling head
+    prompt = ImagePrompt(tokens, tokens, torch.zeros_like(tokens), tokens)
+    with pytest.raises(EncoderMismatchError, match="729 token states .*no pooling head.*siglip-so400m-patch14-384"):
+        prompt.check_fits(spec)
+    pooled = ImagePrompt(torch.zeros(1, 1152), tokens, torch.zeros(1, 1152), tokens)
+    pooled.check_fits(spec)
 
 
 def test_instantx_sd35_detects_and_loads_strictly():
