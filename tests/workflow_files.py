@@ -86,7 +86,9 @@ _DIT_FILES = {"flux1-dev.safetensors": "models/diffusion_models", "t5xxl_fp16.sa
               "flux-ip-adapter-v2.safetensors": "models/ipadapter",
               "sd3.5_large.safetensors": "models/checkpoints", "clip_g.safetensors": "models/text_encoders",
               "sigclip_vision_patch14_384.safetensors": "models/clip_vision",
-              "ip-adapter-sd3.5-large.bin": "models/ipadapter"}
+              "ip-adapter-sd3.5-large.bin": "models/ipadapter",
+              "siglip-so400m-patch14-384.safetensors": "models/clip_vision",
+              "ip-adapter-flux1-dev-instantx.bin": "models/ipadapter"}
 
 REGISTRY = {
     "v1-5-pruned-emaonly.safetensors": ModelFile("models/checkpoints", _shared("sd15")),

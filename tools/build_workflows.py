@@ -565,21 +565,22 @@ FLUX_UNET, FLUX_T5, FLUX_CLIP_L, FLUX_VAE = ("flux1-dev.safetensors", "t5xxl_fp1
                                           "ae.safetensors")
 VITL = "clip-vit-large-patch14.safetensors"
 XLABS = "flux-ip-adapter-v2.safetensors"
+SIGLIP_POOLED, INSTANTX_FLUX = "siglip-so400m-patch14-384.safetensors", "ip-adapter-flux1-dev-instantx.bin"
 
 
-def flux_graph(note, prefix):
-    """FLUX.1-dev with an XLabs IP-Adapter: diffusion model, text encoders and VAE loaded on their own."""
+def flux_graph(note, prefix, adapter=XLABS, encoder=VITL, encode=None, weight=0.8):
+    """FLUX.1-dev with a Flux IP-Adapter: diffusion model, text encoders and VAE loaded on their own."""
     nodes = [
         dict(id="note", type="MarkdownNote", col=0, widgets={"text": note}, size=[420, 320]),
         dict(id="unet", type="UNETLoader", col=0, widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}),
         dict(id="clip", type="DualCLIPLoader", col=0, widgets={"clip_name1": FLUX_T5, "clip_name2": FLUX_CLIP_L,
                                                                 "type": "flux"}),
         dict(id="vae", type="VAELoader", col=0, widgets={"vae_name": FLUX_VAE}),
-        dict(id="clipvision", type="CLIPVisionLoader", col=0, widgets={"clip_name": VITL}),
+        dict(id="clipvision", type="CLIPVisionLoader", col=0, widgets={"clip_name": encoder}),
         dict(id="ref", type="LoadImage", col=1, widgets={"image": "example.png"}, size=[320, 380]),
-        dict(id="ipadapter", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": XLABS}),
-        dict(id="encode", type="EncodeImagePrompt", col=1),
-        dict(id="apply", type="ApplyIPAdapter", col=2, widgets={"weight": 0.8, "start_at": 0.0, "end_at": 1.0}),
+        dict(id="ipadapter", type="LoadIPAdapter", col=1, widgets={"ipadapter_name": adapter}),
+        dict(id="encode", type="EncodeImagePrompt", col=1, **({"widgets": encode} if encode else {})),
+        dict(id="apply", type="ApplyIPAdapter", col=2, widgets={"weight": weight, "start_at": 0.0, "end_at": 1.0}),
         dict(id="pos", type="CLIPTextEncode", col=2, widgets={"text": "a photo, best quality"},
              title="Positive prompt", size=[400, 160]),
         dict(id="neg", type="CLIPTextEncode", col=2, widgets={"text": ""}, title="Negative prompt (unused at cfg 1)",
@@ -616,6 +617,23 @@ Model files:
           "models/text_encoders/" + FLUX_CLIP_L, "models/vae/" + FLUX_VAE, "models/clip_vision/" + VITL,
           "models/ipadapter/" + XLABS)}
 """, "ipadapter/flux_xlabs")
+
+WORKFLOWS["flux_instantx"] = flux_graph(f"""## FLUX.1-dev with the InstantX IP-Adapter
+
+The reference image as an image prompt for FLUX.1-dev: SigLIP so400m-384 encodes **Load Image** (`fit` squash, as
+InstantX resizes) and its pooling head gives the pooled embedding; the adapter turns it into 128 tokens and adds
+their attention in all 57 blocks (19 double, 38 single). Flux runs at cfg 1 with **FluxGuidance** 3.5; weight 0.5
+to 1.0 is the usual range.
+
+The CLIP vision file must be the one with SigLIP's pooling head (google/siglip-so400m-patch14-384's
+`model.safetensors`, renamed); the encoder finds the head in it by its contents.
+
+Model files:
+{files_md("models/diffusion_models/" + FLUX_UNET, "models/text_encoders/" + FLUX_T5,
+          "models/text_encoders/" + FLUX_CLIP_L, "models/vae/" + FLUX_VAE, "models/clip_vision/" + SIGLIP_POOLED,
+          "models/ipadapter/" + INSTANTX_FLUX)}
+""", "ipadapter/flux_instantx", adapter=INSTANTX_FLUX, encoder=SIGLIP_POOLED,
+    encode={"fit": "squash", "batch_size": 8}, weight=0.7)
 
 SD35, CLIP_G, SIGLIP, INSTANTX_SD35 = ("sd3.5_large.safetensors", "clip_g.safetensors",
                                      "sigclip_vision_patch14_384.safetensors", "ip-adapter-sd3.5-large.bin")
