@@ -34,7 +34,7 @@ class HeadFile:
     path: str
     name: str
     kind: str
-    fingerprint: dict = field(default=None, compare=False)
+    fingerprint: dict | None = field(default=None, compare=False)
 
 
 def classify_head_file(path, name: str) -> HeadFile:
@@ -130,11 +130,13 @@ def pooling_head(clip_vision) -> SiglipPoolingHead | None:
     when no file has it (then ``no_pooling_head_message()`` says what to do). Cached per model object."""
     if not is_siglip(clip_vision):
         return None
+    cached = _HEADS.get(clip_vision)
+    if cached is not None and cached[1] is not None:
+        return cached[1]
     files = _listed()
     state = _state(files)
-    cached = _HEADS.get(clip_vision)
-    if cached is not None and (cached[1] is not None or cached[0] == state):
-        return cached[1]
+    if cached is not None and cached[0] == state:
+        return None
     head = _find_head(clip_vision, files)
     _HEADS[clip_vision] = (state, head)
     return head
