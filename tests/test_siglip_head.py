@@ -143,10 +143,13 @@ def test_the_pooled_embedding_through_the_host_equals_transformers(ext, tmp_path
         hidden_size=WIDTH, intermediate_size=INTERMEDIATE, num_attention_heads=HEADS, num_hidden_layers=LAYERS,
         image_size=IMAGE, patch_size=PATCH, layer_norm_eps=1e-5)
     ref = transformers_siglip.SiglipVisionModel(config).eval()
-    ref.head.layernorm.eps = 1e-6
     as_loaded = {k: v.float() for k, v in siglip.get_sd().items()}  # the host's weights (its dtype), in float32
-    # transformers 5 keeps the tower's modules at the top of SiglipVisionModel: its keys lack "vision_model."
-    ref.load_state_dict({k.removeprefix("vision_model."): v for k, v in {**as_loaded, **head}.items()}, strict=True)
+    # transformers 5 keeps the tower's modules at the top of SiglipVisionModel (keys without "vision_model."), 4.x
+    # under its vision_model
+    nested = "vision_model.head.probe" in ref.state_dict()
+    ref.load_state_dict({k if nested else k.removeprefix("vision_model."): v for k, v in {**as_loaded, **head}.items()},
+                        strict=True)
+    (ref.vision_model.head if nested else ref.head).layernorm.eps = 1e-6
     pixels = comfy.clip_vision.clip_preprocess(images, size=IMAGE, mean=[0.5] * 3, std=[0.5] * 3, crop=False)
     with torch.no_grad():
         expected = ref(pixel_values=pixels.float()).pooler_output
