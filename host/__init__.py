@@ -11,4 +11,6 @@ time, so ``locate`` works before the host is on ``sys.path``.
 - ``dit``: the same for Flux and SD3.5 adapters, through ``patches_replace["dit"]`` (and, for SD3.5, the host's
   attention override), never the model's forward.
 - ``loaders``: the host's checkpoint / CLIP vision loaders and sampler, for training and its validation.
+- ``siglip_head``: SigLIP's attention-pooling head (the pooled embedding the host does not compute), found in the
+  clip_vision folders by contents.
 """

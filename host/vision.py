@@ -1,4 +1,5 @@
 """CLIP vision encoding through the host's encoder: reference images -> an ImagePrompt (cond and uncond)."""
+import copy
 import weakref
 from dataclasses import dataclass, replace
 
@@ -12,6 +13,7 @@ from ..ipadapter_core import (FIT_MODES, ImagePrompt, InputError, check_images, 
 from ..ipadapter_core.checks import FRACTION_RANGE
 from ..ipadapter_core import tiles
 from ..ipadapter_core.image_ops import INTERPOLATIONS, resize_images, sharpen
+from .siglip_head import pooling_head
 
 MAX_BATCH = 256  # the node's batch_size widget
 
@@ -46,17 +48,38 @@ class Prep:
         return sharpen(resize_images(chunk[..., :3].float(), size, self.interpolation), self.sharpening)
 
 
-def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int, prep: Prep = Prep()
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_on_device(clip_vision, pooled: bool):
+    """SigLIP's pooling head on the encoder's load device (float32), or None: no head found, or not SigLIP
+    (docs/inference.md#siglip-pooled-embedding). A copy when moved: the cached head stays on the CPU."""
+    head = pooling_head(clip_vision) if pooled else None
+    device = torch.device(clip_vision.load_device)
+    if head is None or head.probe.device == device:
+        return head
+    return copy.deepcopy(head).to(device)
+
+
+def _pool(head, out) -> torch.Tensor:
+    """SigLIP's pooled embedding (n, W) of a chunk's post-LayerNorm token states (n, N, W), in float32."""
+    states = out["last_hidden_state"]
+    with torch.no_grad():
+        pooled = head(states.to(head.probe.device, torch.float32))  # (n, W)
+    return pooled.to(comfy.model_management.intermediate_device())
+
+
+def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: int, prep: Prep = Prep(),
+            pooled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE (n, H, W, 3) -> pooled embeds (n, E), penultimate hidden states (n, P, W), ``batch_size`` images at a
-    time so that only one chunk's activations are ever held."""
+    time so that only one chunk's activations are ever held. SigLIP's embeds are its pooling head's output when
+    the head is found (otherwise the host's token states (n, N, W)); ``pooled=False``: not computed."""
     image = square_images(image, fit, fill=tuple(clip_vision.image_mean))
     n = image.shape[0]
     embeds = hidden = None
+    head = _head_on_device(clip_vision, pooled)
     for i in range(0, n, batch_size):
         chunk = prep(image[i:i + batch_size], clip_vision.image_size)
         out = clip_vision.encode_image(chunk, crop=fit != "squash")
-        chunk_embeds, chunk_hidden = out["image_embeds"], out["penultimate_hidden_states"]
+        chunk_embeds = out["image_embeds"] if head is None else _pool(head, out)
+        chunk_hidden = out["penultimate_hidden_states"]
         if hidden is None:  # filled in place: no list of chunks and no concatenated copy of it
             embeds = chunk_embeds.new_empty((n, *chunk_embeds.shape[1:]))  # (n, E)
             hidden = chunk_hidden.new_empty((n, *chunk_hidden.shape[1:]))  # (n, P, W)
@@ -67,7 +90,8 @@ def _encode(clip_vision, image: torch.Tensor, progress, fit: str, batch_size: in
 
 def encode_hidden(clip_vision, image: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Penultimate hidden states (n, P, W) of square images (n, S, S, 3), ``batch_size`` at a time."""
-    return _encode(clip_vision, image, comfy.utils.ProgressBar(image.shape[0]), "center crop", batch_size)[1]
+    return _encode(clip_vision, image, comfy.utils.ProgressBar(image.shape[0]), "center crop", batch_size,
+                   pooled=False)[1]
 
 
 def check_prep(interpolation, sharpening) -> Prep:

@@ -16,6 +16,7 @@ from .image_prompt import COMBINE_METHODS, ImagePrompt, combine_prompts, with_de
 from .layers import FAMILY_CONTEXT_DIM, FAMILY_NAMES, LAYOUTS, LayerSite, family_for_layers
 from .presets import (CURVES, INCUMBENT_WEIGHT_TYPES, LAYER_PRESETS, check_custom_weights, curve_values,
                       layer_weights, swapped_layers)
+from .siglip_head import NO_POOLING_HEAD, SiglipPoolingHead, build_pooling_head
 from .schedules import CROSSFADE_METHODS, TIMINGS, FrameWeights, check_frame_weights, crossfade, frame_curve
 from .spec import AdapterSpec, detect_spec
 from .weights import (atomic_write, load_adapter_file, load_image_prompt, read_adapter_file, save_adapter_file,
@@ -34,4 +35,6 @@ __all__ = [
     "square_images", "TIMINGS", "UnsupportedAdapterError", "whole_number", "with_default_uncond",
     # the controls of ComfyUI_IPAdapter_plus
     "EMBEDS_SCALINGS", "INCUMBENT_WEIGHT_TYPES", "scale_keys_values", "swapped_layers",
+    # SigLIP's pooled embedding (docs/inference.md#siglip-pooled-embedding)
+    "NO_POOLING_HEAD", "SiglipPoolingHead", "build_pooling_head",
 ]

@@ -73,14 +73,18 @@ def split_grid(image: torch.Tensor, tiles: int) -> torch.Tensor:
 def merge_tile_hidden(full: torch.Tensor, tile_hidden: torch.Tensor, tiles: int, ratio: float) -> torch.Tensor:
     """Hidden states of n images (n, 1 + g², W) and of their tiles (n * tiles², 1 + g², W) -> (n, 1 + g², W):
     ratio · full + (1 - ratio) · merged, where merged's class token is the mean of the tiles' and its patch tokens
-    are the tiles' grids laid side by side (tiles·g a side) and average-pooled back to g x g."""
-    g = math.isqrt(full.shape[1] - 1)
-    per = rearrange(tile_hidden, "(n t) p w -> n t p w", t=tiles * tiles)  # (n, tiles², 1 + g², W)
-    cls = per[:, :, 0].mean(1, keepdim=True)  # (n, 1, W)
-    grid = rearrange(per[:, :, 1:], "n (i j) (y x) w -> n w (i y) (j x)", i=tiles, y=g)  # (n, W, tiles·g, tiles·g)
+    are the tiles' grids laid side by side (tiles·g a side) and average-pooled back to g x g. SigLIP's states
+    have no class token: (n, g², W), merged from the patch tokens alone."""
+    p = full.shape[1]
+    first = 0 if math.isqrt(p) ** 2 == p else 1  # 1: a class token ahead of the g² patch tokens (CLIP)
+    g = math.isqrt(p - first)
+    per = rearrange(tile_hidden, "(n t) p w -> n t p w", t=tiles * tiles)  # (n, tiles², first + g², W)
+    patches = per[:, :, first:]  # (n, tiles², g², W)
+    grid = rearrange(patches, "n (i j) (y x) w -> n w (i y) (j x)", i=tiles, y=g)  # (n, W, tiles·g, tiles·g)
     pooled = rearrange(F.adaptive_avg_pool2d(grid, (g, g)), "n w y x -> n (y x) w")  # (n, g², W)
-    merged = torch.cat([cls, pooled], dim=1)  # (n, 1 + g², W)
-    return ratio * full + (1 - ratio) * merged.to(full.dtype)
+    if first:
+        pooled = torch.cat([per[:, :, 0].mean(1, keepdim=True), pooled], dim=1)  # (n, 1 + g², W)
+    return ratio * full + (1 - ratio) * pooled.to(full.dtype)
 
 
 def merge_tile_embeds(full: torch.Tensor, tile_embeds: torch.Tensor, tiles: int, ratio: float) -> torch.Tensor:
