@@ -5,11 +5,8 @@ import torch
 
 from .checks import finite_number, number_list
 from .errors import AdapterFileError, EncoderMismatchError, InputError
+from .siglip_head import NO_POOLING_HEAD
 from .spec import ENCODERS_BY_HIDDEN_WIDTH, AdapterSpec
-
-NO_POOLING_HEAD = ("the SigLIP file loaded has no pooling head: put google/siglip-so400m-patch14-384's "
-                   "model.safetensors (it has vision_model.head.*) in models/clip_vision, load it with Load CLIP "
-                   "Vision and encode the image again")
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ class ImagePrompt:
         if spec.feature == "pooled" and cond.dim() != 2:
             raise EncoderMismatchError(
                 f"this {spec.describe} reads the encoder's pooled embedding, but the image prompt holds its "
-                f"{cond.shape[-2]} token states ({self.encoder} without a pooling head): {NO_POOLING_HEAD}")
+                f"{cond.shape[-2]} token states: {NO_POOLING_HEAD}")
         if cond.shape[-1] != spec.encoder_width:
             raise EncoderMismatchError(
                 f"this {spec.describe} reads {spec.feature} image features of width {spec.encoder_width}, but "

@@ -152,7 +152,7 @@ def test_a_prompt_without_the_pooled_siglip_embedding_is_refused():
     spec = detect_dit_spec(_flat(instantx_flux()))
     tokens = torch.zeros(1, 729, 1152)  # the host's SigLIP image_embeds: token states, no pooling head
     prompt = ImagePrompt(tokens, tokens, torch.zeros_like(tokens), tokens)
-    with pytest.raises(EncoderMismatchError, match="729 token states .*no pooling head.*siglip-so400m-patch14-384"):
+    with pytest.raises(EncoderMismatchError, match="729 token states: the loaded SigLIP has no pooling head.*siglip-so400m-patch14-384"):
         prompt.check_fits(spec)
     pooled = ImagePrompt(torch.zeros(1, 1152), tokens, torch.zeros(1, 1152), tokens)
     pooled.check_fits(spec)

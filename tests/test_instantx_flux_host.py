@@ -245,3 +245,33 @@ def test_the_published_torch_file_layout_loads(ext, flux, tmp_path):
     prompt = random_prompt(ext, 1, 6)
     a, b = _run(_apply(ext, patcher, from_bin, prompt)), _run(_apply(ext, patcher, _load(ext, tmp_path, sd), prompt))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_siglip_with_its_head_from_the_host_loader_feeds_the_adapter(ext, flux, tmp_path):
+    """A SigLIP encoder of the host's kind (tiny config) whose file, with the pooling head, is in a clip_vision
+    folder: Encode Image Prompt gives the pooled embedding, which drives the adapter on the host Flux. Without the
+    head file the same graph is refused before sampling, naming the file to get."""
+    import folder_paths
+    import flux_models as fm
+    from test_siglip_head import WIDTH, _head_state, _host_siglip
+    folder = tmp_path / "clip_vision"
+    folder.mkdir()
+    siglip, tower = _host_siglip(tmp_path, seed=3)
+    folder_paths.add_model_folder_path("clip_vision", str(folder))
+    try:
+        adapter = _load(ext, tmp_path, fm.instantx_adapter(9, embed=WIDTH))
+        image = torch.rand(1, 50, 40, 3, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            unpooled = ext.host.vision.encode_image_prompt(siglip, image, fit="squash")
+        with pytest.raises(ext.ipadapter_core.EncoderMismatchError, match="no pooling head.*model.safetensors"):
+            _apply(ext, flux[0], adapter, unpooled)
+        safetensors.torch.save_file({**tower, **_head_state(4)}, str(folder / "siglip.safetensors"))
+        with torch.inference_mode():
+            prompt = ext.host.vision.encode_image_prompt(siglip, image, fit="squash")
+    finally:
+        folder_paths.folder_names_and_paths["clip_vision"][0].remove(str(folder))
+    assert prompt.embeds.shape == (1, WIDTH) and torch.equal(prompt.uncond_embeds, torch.zeros(1, WIDTH))
+    patcher, _ = flux
+    cond, uncond = _run(_apply(ext, patcher, adapter, prompt, 1.0))
+    plain = _run(patcher)
+    assert torch.isfinite(cond).all() and rel_err(cond, plain[0]) > 1e-3 and rel_err(uncond, plain[1]) > 1e-3
