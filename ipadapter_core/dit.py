@@ -1,4 +1,5 @@
-"""IP-Adapters for diffusion transformers (Flux), read from their own file layouts (docs/formats.md#flux-ip-adapters).
+"""IP-Adapters for diffusion transformers (Flux), read from their own file layouts (docs/formats.md#flux-ip-adapters,
+docs/formats.md#instantx-flux-ip-adapter).
 
 XLabs Flux IP-Adapter v1 / v2, one flat safetensors file:
 
@@ -366,7 +367,7 @@ def _block_names(spec) -> str:
 
 def unsupported_dit_layout(image_proj: Mapping, ip_layers: Mapping) -> str | None:
     """What a nested (``image_proj`` / ``ip_adapter``) file is when it is one of the DiT adapters this extension
-    recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#not-yet-supported).
+    recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#dit-files-in-the-h94-reader).
 
     InstantX SD3.5-Large: per-block ``N.norm_ip.linear.*`` (the AdaLN of the image tokens) and a resampler with
     ``time_embedding.*`` (supported: loaded through the DiT path; only a torch file that cannot be peeked at

@@ -109,7 +109,6 @@ class DiTBlockPatch(HostPatch):
         return {**out, "img": added}
 
 
-
 def unrotate(q: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
     """The query before RoPE from the rotated one the host's Flux attention gets: each channel pair turned back
     by the transpose of its 2x2 rotation. q (B, h, L, d); pe (B, 1, L, d/2, 2, 2) as the host's ``EmbedND``
@@ -128,6 +127,11 @@ def _sequence_mask(frames: FrameData, rows, options: Mapping, total: int, patch_
     text = options.get(TEXT_TOKENS_KEY)
     if text is None:
         raise ValueError("a masked IP-Adapter branch needs the text length: apply it through Apply IP-Adapter")
+    h, w = (-(-side // patch_size) for side in options[LATENT_SHAPE_KEY][-2:])
+    if text + h * w > total:
+        raise ValueError(f"a masked IP-Adapter branch expected {text} text tokens and {h * w} image tokens in a "
+                         f"single block's sequence of {total}: another extension changed the sequence; apply the "
+                         "IP-Adapter without attn_mask")
     mask = _token_mask(frames, rows, total - text, options, patch_size, device, dtype)  # (B, total - text, 1)
     return F.pad(mask, (0, 0, text, 0))
 
@@ -183,8 +187,10 @@ class InstantXFluxPatch(HostPatch):
             if a[0].dim() != 4 or a[0].shape[2] != length:  # not this block's joint attention
                 return out
             query = unrotate(a[0][:, :, part], rotation)  # (B, h, L, d)
-            added = out[:, part] + self._terms(query, options, rows, out.device, out.dtype)
-            return torch.cat([out[:, :part.start], added, out[:, part.stop:]], dim=1)  # (B, T+L, h*d)
+            terms = self._terms(query, options, rows, out.device, out.dtype)  # (B, L, h*d)
+            if part.stop - part.start == length:  # a single block: every token
+                return out + terms
+            return torch.cat([out[:, :part.start], out[:, part] + terms, out[:, part.stop:]], dim=1)  # (B, T+L, h*d)
 
         args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
         return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)

@@ -58,12 +58,17 @@ def _adapter_files(folder, widths):
 
 
 def _dit_adapter_files(folder):
-    """An XLabs Flux adapter (tiny widths, the file's layout) and one lacking a block's tensor."""
-    from flux_models import xlabs_adapter
+    """An XLabs Flux and an InstantX FLUX.1-dev adapter (tiny widths, the files' layouts) and each lacking a
+    block's tensor."""
+    from flux_models import instantx_adapter, xlabs_adapter
     good = xlabs_adapter(2, embed=EMBED)
     safetensors.torch.save_file(good, str(folder / "flux_xlabs.safetensors"))
     del good["double_blocks.7.processor.ip_adapter_double_stream_k_proj.bias"]
     safetensors.torch.save_file(good, str(folder / "flux_incomplete.safetensors"))
+    good = instantx_adapter(3, embed=EMBED)
+    safetensors.torch.save_file(good, str(folder / "instantx_flux.safetensors"))
+    del good["ip_adapter.40.to_v_ip.weight"]
+    safetensors.torch.save_file(good, str(folder / "instantx_incomplete.safetensors"))
 
 
 def _prompt_files(ext, folder, prompt):
@@ -304,6 +309,9 @@ CASES = [
     Case("an XLabs Flux file lacking a block's tensor", lambda w: _load(w, "flux_incomplete.safetensors"),
          lambda w: _load(w, "flux_xlabs.safetensors"), "execution",
          ("flux_incomplete.safetensors", "double block 7 lacks k.bias", "download it again")),
+    Case("an InstantX FLUX.1-dev file lacking a block's tensor", lambda w: _load(w, "instantx_incomplete.safetensors"),
+         lambda w: _load(w, "instantx_flux.safetensors"), "execution",
+         ("instantx_incomplete.safetensors", "incomplete or missing: [40]", "the file is incomplete")),
     Case("a Flux adapter on an SD1.5 model", lambda w: _apply(w, ipadapter=("IPADAPTER", w["flux_adapter"])),
          _apply, "execution", ("for Flux models", "UNetModel", "Load a Flux checkpoint")),
     Case("an adapter name not in models/ipadapter", lambda w: _load(w, "missing.safetensors"),
