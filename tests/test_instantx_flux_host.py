@@ -92,6 +92,8 @@ def test_with_an_xlabs_adapter_on_the_same_double_blocks(ext, flux, tmp_path):
     assert type(dit[("single_block", 0)]).__name__ == "InstantXFluxPatch"
     alone = _run(_apply(ext, patcher, instantx, p_i, 0.9))
     both = _run(one)
+    other_order = _run(_apply(ext, _apply(ext, patcher, instantx, p_i, 0.9), xlabs, p_x, 0.7))
+    assert all(torch.equal(a, b) for a, b in zip(both, other_order))
     assert rel_err(both[0], alone[0]) > 1e-3  # the XLabs term is there too
     assert rel_err(both[0], _run(_apply(ext, patcher, xlabs, p_x, 0.7))[0]) > 1e-3
 
