@@ -53,7 +53,6 @@ PrepImageForClipVision IPAdapterSaveEmbeds IPAdapterLoadEmbeds IPAdapterWeights 
 IPAdapterWeightsFromStrategy IPAdapterPromptScheduleFromWeightsStrategy IPAdapterRegionalConditioning
 IPAdapterCombineParams""".split()
 OURS = set(data.TARGETS)
-PENDING_TYPES = {name for name, target in data.TARGETS.items() if target.pending}
 
 
 def load(name):
@@ -180,7 +179,6 @@ def test_an_apply_node_becomes_encode_then_apply_with_its_values():
     assert _feeds(out, encode, "image")[0]["type"] == "LoadImage"  # the Prep node folded away
     assert _feeds(out, encode, "clip_vision")[0]["type"] == "CLIPVisionLoader"
     assert _feeds(out, apply, "ipadapter")[0]["type"] == "LoadIPAdapter"
-    assert not report.needs
 
 
 def test_unified_loader_gives_model_adapter_and_encoder():
@@ -194,7 +192,7 @@ def test_unified_loader_gives_model_adapter_and_encoder():
     assert _feeds(out, encode, "clip_vision") == (loader, 2)
     assert _feeds(out, apply, "model") == (loader, 0) and _feeds(out, apply, "ipadapter") == (loader, 1)
     assert _node(out, "KSampler")["inputs"][0]["link"] == apply["outputs"][0]["links"][0]
-    assert not report.needs and not report.kept
+    assert not report.kept
 
 
 def test_combine_embeds_becomes_combine_image_prompts():
@@ -239,7 +237,6 @@ def test_faceid_nodes_become_face_analysis_face_prompt_and_apply():
     assert _feeds(out, face, "clip_vision") == (loader, 2)
     values = apply["widgets_values"]
     assert values[:4] == [1, 0, 1, "linear"] and values[-2:] == [0.6, 2]  # lora_strength, shortcut_weight
-    assert not report.needs
 
 
 def test_style_and_composition_get_one_encoder_each():
@@ -338,7 +335,7 @@ def test_api_format_converts_by_input_name():
     assert encode["class_type"] == "EncodeImagePrompt"
     assert encode["inputs"] == {"clip_vision": ["2", 2], "image": ["3", 0], "fit": "pad", "batch_size": 8,
                                 "interpolation": "bicubic", "sharpening": 0.0}
-    assert out["6"] == _api_graph()["6"] and not report.needs  # bicubic is this version's interpolation
+    assert out["6"] == _api_graph()["6"]  # bicubic is this version's interpolation
 
 
 def test_api_and_ui_formats_give_the_same_graph():
@@ -425,10 +422,10 @@ def object_info(server):
 
 def _allowed_missing(name, report, object_info):
     """Node types a converted graph may use that the host does not register: other packs the example uses, the
-    incumbent's nodes reported as kept, and the nodes other parts of this product add."""
+    incumbent's nodes reported as kept."""
     source = {n["type"] for n in load(name)["nodes"]}
     other_packs = source - set(object_info) - set(data.RULES) - FRONTEND_ONLY
-    return other_packs | {e["type"] for e in report.kept} | (PENDING_TYPES - set(object_info))
+    return other_packs | {e["type"] for e in report.kept}
 
 
 @needs_host
@@ -438,12 +435,11 @@ def test_converted_example_fits_the_host(name, object_info):
     missing = {n["type"] for n in out["nodes"]} - set(object_info) - FRONTEND_ONLY
     assert missing <= _allowed_missing(name, report, object_info), sorted(missing)
     nodes = by_id(out)
-    pending_inputs = {i.name for t in data.TARGETS.values() for i in t.inputs if i.pending}
     for node in out["nodes"]:
         if node["type"] in OURS and node["type"] in object_info:
             names = {n for n, *_ in ordered_inputs(object_info[node["type"]])}
             extra = {s["name"] for s in node["inputs"]} - names
-            assert extra <= pending_inputs, f"node {node['id']} ({node['type']}): unknown inputs {extra}"
+            assert not extra, f"node {node['id']} ({node['type']}): unknown inputs {extra}"
     for link_id, origin, slot, target, target_slot, type_ in out["links"]:
         a, b = nodes[origin], nodes[target]
         if a["type"] in OURS and a["type"] in object_info:
@@ -454,7 +450,7 @@ def test_converted_example_fits_the_host(name, object_info):
             assert types.get(input_name, type_) == type_, f"link {link_id} ({type_}) into {input_name}"
     # Links the report says were removed (an output with no equivalent) leave their inputs open, as reported.
     lost = any("links removed" in note for entry in report.converted for note in entry["notes"])
-    if not report.needs and not lost:  # every value of our nodes is one this version takes (the examples' own
+    if not lost:  # every value of our nodes is one this version takes (the examples' own
         from test_workflows import _check_node  # core nodes may be from older host versions: not ours to check)
         for node in out["nodes"]:
             if node["type"] in OURS:
@@ -487,7 +483,7 @@ def test_converted_example_runs_to_an_image(name, server, object_info):
     from test_workflows import TEST_SIZE, shrink
     from PIL import Image
     out, report = converted(name)
-    assert not report.needs and not report.kept
+    assert not report.kept
     prompt = shrink(to_api(out, object_info))
     for node in prompt.values():  # the examples' own file names, as the stand-ins are named
         if node["class_type"] == "CheckpointLoaderSimple":

@@ -35,10 +35,9 @@ ENCODERS = {"image": "EncodeImagePrompt", "tiles": "EncodeImagePromptTiled", "en
 class Report:
     converted: list = field(default_factory=list)  # {"node", "from", "to": [[id, type]], "notes": [...]}
     kept: list = field(default_factory=list)  # {"node", "type", "why"}
-    needs: set = field(default_factory=set)  # parts of the product the converted graph needs beyond this version
 
     def as_dict(self):
-        return {"converted": self.converted, "kept": self.kept, "needs": sorted(self.needs)}
+        return {"converted": self.converted, "kept": self.kept}
 
     def lines(self):
         for entry in self.converted:
@@ -47,20 +46,18 @@ class Report:
             yield from (f"    {note}" for note in entry["notes"])
         for entry in self.kept:
             yield f"node {entry['node']} {entry['type']}: kept as it is ({entry['why']})"
-        if self.needs:
-            yield f"needs: {', '.join(sorted(self.needs))} (nodes or options this version does not have yet)"
 
 
 class Made:
-    """A node this conversion wrote: its target, widget values by name and the pending inputs it uses."""
+    """A node this conversion wrote: its target and widget values by name."""
 
     def __init__(self, type_):
-        self.type, self.target, self.widgets, self.used = type_, data.TARGETS[type_], {}, set()
+        self.type, self.target, self.widgets = type_, data.TARGETS[type_], {}
 
 
-def _slot_entries(target, used):
-    """The front-end's input list: sockets first, then widgets, each in schema order; pending ones only if used."""
-    ins = [i for i in target.inputs if not i.pending or i.name in used]
+def _slot_entries(target):
+    """The front-end's input list: sockets first, then widgets, each in schema order."""
+    ins = target.inputs
     entries = []
     for i in [i for i in ins if not i.widget] + [i for i in ins if i.widget]:
         entry = {"name": i.name, "type": i.type, "link": None}
@@ -73,11 +70,9 @@ def _slot_entries(target, used):
 
 
 def _widget_list(made: Made):
-    """widgets_values in widget order, up to the last one this version has or the node sets."""
-    widgets = [i for i in made.target.inputs if i.widget]
-    last = max((k for k, i in enumerate(widgets) if not i.pending or i.name in made.used), default=-1)
+    """widgets_values in widget order (the node's values, the defaults for the rest)."""
     out = []
-    for i in widgets[:last + 1]:
+    for i in (i for i in made.target.inputs if i.widget):
         out.append(made.widgets.get(i.name, i.default))
         if i.control:
             out.append("fixed")
@@ -93,7 +88,7 @@ class Converter:
     # ---- node bookkeeping
     def _new(self, type_, near, below=True):
         made = Made(type_)
-        nid = self.g.add(type_, _slot_entries(made.target, ()), self._outputs(made), [], near, below,
+        nid = self.g.add(type_, _slot_entries(made.target), self._outputs(made), [], near, below,
                          self.g.mode(near))
         self.made[nid] = made
         return nid
@@ -102,54 +97,18 @@ class Converter:
     def _outputs(made):
         return [{"name": n, "type": t, "links": None} for n, t in made.target.outputs]
 
-    def _ensure_input(self, nid, name):
-        """Add a pending input to a node's slot list when the conversion uses it (pending inputs come last)."""
-        made = self.made[nid]
-        made.used.add(name)
-        node = self.g.nodes[nid]
-        if not any(s["name"] == name for s in node["inputs"]):
-            entry = next(e for e in _slot_entries(made.target, made.used) if e["name"] == name)
-            node["inputs"].append(entry)
-
     def set_widget(self, nid, name, value):
-        """A widget value; a pending input is added only when its value is not the default (its default is what
-        this version does)."""
-        made = self.made[nid]
-        spec = next((i for i in made.target.inputs if i.name == name), None)
-        if spec is not None and spec.pending:
-            if value == spec.default and name not in made.used:
-                return
-            self._ensure_input(nid, name)
-        made.widgets[name] = value
+        self.made[nid].widgets[name] = value
 
     def link(self, origin, slot, nid, name, link_id=None):
-        if any(i.name == name and i.pending for i in self.made[nid].target.inputs):
-            self._ensure_input(nid, name)
         type_ = next(i.type for i in self.made[nid].target.inputs if i.name == name)
         return self.g.connect(origin, slot, nid, name, type_, link_id)
 
-    def _pending(self, nid, made):
-        """What of a written node this version does not have yet: [(part of the product, what)]."""
-        found = [(made.target.pending, f"the node {made.type}")] if made.target.pending else []
-        found += [(i.pending, f"{made.type} input {i.name}") for i in made.target.inputs
-                  if i.pending and i.name in made.used]
-        for name, value in made.widgets.items():
-            part, values = data.PENDING_VALUES.get(name, ("", ()))
-            if value in values:
-                found.append((part, f"{made.type} {name} '{value}'"))
-        return found
-
     def finish(self):
         for nid, made in self.made.items():
-            for part, what in self._pending(nid, made):
-                self.report.needs.add(part)
-                entry = next((e for e in self.report.converted if [nid, made.type] in e["to"]), None)
-                if entry is not None:
-                    entry["notes"].append(f"needs {what} ({part})")
             node = self.g.nodes[nid]
-            node["widgets_values"] = ({k: made.widgets.get(k, i.default) for i in made.target.inputs
-                                       if i.widget and (not i.pending or i.name in made.used) for k in [i.name]}
-                                      if self.api else _widget_list(made))
+            node["widgets_values"] = ({i.name: made.widgets.get(i.name, i.default) for i in made.target.inputs
+                                       if i.widget} if self.api else _widget_list(made))
         return self.g.finish()
 
     # ---- one incumbent node
@@ -172,7 +131,7 @@ class Converter:
         entry = {"node": nid, "from": type_, "to": [[nid, rule.target]], "notes": []}
         self.report.converted.append(entry)
         self.made[nid] = made = Made(rule.target)
-        self.g.rewrite(nid, rule.target, _slot_entries(made.target, ()), self._outputs(made), [])
+        self.g.rewrite(nid, rule.target, _slot_entries(made.target), self._outputs(made), [])
         keys = {"main": nid, **self._encoders(nid, rule, values, entry)}
         for name, default in rule.widgets:  # linked ones too: the front-end keeps a linked widget's value
             self._widget(keys, rule, name, values[name], default, entry["notes"])

@@ -1,7 +1,6 @@
 """What each node of cubiq/ComfyUI_IPAdapter_plus (the incumbent, 37 node ids) becomes in this extension, as data:
 the converter (tools/convert_workflow.py) reads only this module. Node ids, input names and option strings of the
-targets are this extension's public names (nodes/). An input, node or option value can be marked ``pending`` (the
-converter writes it only when used and reports it as needed) for a target a later version adds; none is now.
+targets are this extension's public names (nodes/).
 
 The incumbent's apply nodes take ``image`` and ``clip_vision`` and encode inside; here encoding is its own node,
 so a converted apply node becomes Encode Image Prompt (or its tiled / face variant) → Apply.
@@ -17,7 +16,6 @@ class In:
     default: object = None
     widget: bool = False
     optional: bool = False
-    pending: str = ""  # the part of the product that adds it ("" = in this version)
     control: bool = False  # the front-end adds a control_after_generate value after it
 
 
@@ -29,7 +27,6 @@ def _w(name, type_, default, **kw):
 class Target:
     inputs: tuple[In, ...]
     outputs: tuple[tuple[str, str], ...]
-    pending: str = ""
 
 
 _APPLY = (In("model", "MODEL"), In("ipadapter", "IPADAPTER"), In("image_prompt", "IMAGE_PROMPT"),
@@ -128,9 +125,6 @@ TIMING = {"custom": "custom", "linear": "linear", "ease_in_out": "ease in-out", 
           "ease_out": "ease out", "random": None}
 NOISE = {k: k for k in ("fade", "dissolve", "gaussian", "shuffle")}
 INSIGHTFACE_PACKS = {"buffalo_l": "buffalo_l", "antelopev2": "antelopev2"}
-# Option values a later version adds: (the part that adds them, {values}) by input name; none now.
-PENDING_VALUES: dict[str, tuple[str, set]] = {}
-
 # The incumbent numbers its per-block weights (IPAdapterMS layer_weights "i:w") in its patching order, one number
 # per transformer block: SD1.5 input 1, 2, 4, 5, 7, 8, middle, output 3-11; SDXL input 4, 5, 7, 8, middle,
 # output 0-5 (docs/layers.md#the-incumbents-block-numbers). Our custom_layer_weights names blocks directly.
