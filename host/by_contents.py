@@ -1,7 +1,6 @@
 """Load IP-Adapter (by contents): the adapter and CLIP vision files a preset needs, found in ``models/ipadapter``
 and ``models/clip_vision`` by their keys and shapes (ipadapter_core/scan.py), never by their names."""
 import logging
-import os
 
 import folder_paths
 
@@ -46,12 +45,5 @@ def load_by_preset(model, preset: str, ipadapter_name: str = scan.AUTO):
 
 def fingerprint() -> tuple:
     """Changes when a file of either folder is added, removed or written again: the node then runs again."""
-    out = []
-    for folder in (files.FOLDER, CLIP_VISION_FOLDER):
-        for name, path in _listed(folder):
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            out.append((folder, name, stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
+    return tuple((folder, name, stamp) for folder in (files.FOLDER, CLIP_VISION_FOLDER)
+                 for name, path in _listed(folder) if (stamp := scan.file_stamp(path)) is not None)

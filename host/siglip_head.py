@@ -3,7 +3,6 @@ file's ``vision_model.head.*`` keys are dropped), so the head is found in the ``
 contents: a file with the head whose tower tensors equal the loaded model's, bit for bit
 (docs/inference.md#siglip-pooled-embedding). Never by file name."""
 import logging
-import os
 import weakref
 from dataclasses import dataclass, field
 
@@ -67,14 +66,7 @@ def _listed() -> list[tuple[str, str]]:
 
 
 def _state(files) -> tuple:
-    out = []
-    for name, path in files:
-        try:
-            stat = os.stat(path)
-        except OSError:
-            continue
-        out.append((name, path, stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
+    return tuple((name, path, stamp) for name, path in files if (stamp := scan.file_stamp(path)) is not None)
 
 
 def is_siglip(clip_vision) -> bool:

@@ -202,6 +202,15 @@ def classify_clip_vision(path, name: str) -> Found:
     return Found(str(path), name, kind, encoder=encoder)
 
 
+def file_stamp(path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, or None when it is gone: what says it was written again."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 class FileScan:
     """A classifier with a cache by path, size and modification time: a file is read again only when it was
     written again (or renamed onto)."""
@@ -213,11 +222,9 @@ class FileScan:
         """``files``: (listed name, path) pairs -> what each is, in the given order; vanished files are left out."""
         found = []
         for name, path in files:
-            try:
-                stat = os.stat(path)
-            except OSError:
+            key = file_stamp(path)
+            if key is None:
                 continue
-            key = (stat.st_size, stat.st_mtime_ns)
             hit = self._seen.get(path)
             if hit is None or hit[0] != key or hit[1].name != name:
                 hit = (key, self._classify(path, name))

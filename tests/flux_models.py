@@ -185,6 +185,12 @@ def host_velocity(patcher, x, sigma, conds):
     return [(x - d) / sigma for d in denoised]
 
 
+def velocity_pair(patcher, seed=3):
+    """The host's (cond, uncond) velocities on ``inputs(seed)`` at SIGMA."""
+    x, ctx_c, ctx_u, y_c, y_u = inputs(seed)
+    return host_velocity(patcher, x, SIGMA, [(ctx_c, y_c), (ctx_u, y_u)])
+
+
 def diffusers_velocity(twin, x, sigma, context, pooled, ip_tokens=None):
     """The same output from diffusers: pack, run, unpack."""
     from einops import rearrange

@@ -34,6 +34,10 @@ def host_sd3(seed=0, blocks=BLOCKS, depth=DEPTH):
     offload = comfy.model_management.unet_offload_device()
     model = comfy.model_base.SD3(model_config, device=offload)
     randomize(model.diffusion_model, seed)
+    with torch.no_grad():  # a buffer the host leaves uninitialised (torch.empty) until a checkpoint fills it
+        g = torch.Generator().manual_seed(seed + 1)
+        pos = model.diffusion_model.pos_embed
+        pos.copy_(0.1 * torch.randn(pos.shape, generator=g))
     model.diffusion_model.float().eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=offload)

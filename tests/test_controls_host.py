@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import HOST, NO_HOST_REASON
-from tiny_adapters import CTX, SIGMA, random_prompt, rel_err, save_and_load, tiny_adapter, tiny_inputs
+from tiny_adapters import (CTX, SIGMA, apply_adapter, random_prompt, rel_err, save_and_load, tiny_adapter,
+                           tiny_inputs)
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
@@ -59,9 +60,7 @@ def _adapter(ext, info, tmp_path, kind="base", seed=4):
     return save_and_load(ext, tmp_path, sd, f"{kind}{seed}.safetensors")
 
 
-def _apply(ext, model, adapter, prompt, weight=1.0, start=0.0, end=1.0, **options):
-    patching = ext.host.patching
-    return patching.apply_ip_adapter(model, adapter, prompt, weight, start, end, patching.ApplyOptions(**options))
+_apply = apply_adapter
 
 
 @pytest.mark.parametrize("preset", ["style transfer", "composition", "style and composition"])

@@ -3,11 +3,10 @@ the same weights (tiny widths, the real 19 + 38 block structure, fp32), and what
 import copy
 
 import pytest
-import safetensors.torch
 import torch
 
 from conftest import HOST, NO_HOST_REASON
-from tiny_adapters import random_prompt, rel_err
+from tiny_adapters import apply_adapter, random_prompt, rel_err, save_flat_and_load
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
@@ -19,21 +18,12 @@ def flux(host):
     return patcher, flux_models.diffusers_flux(patcher)
 
 
-def _load(ext, tmp_path, sd, name):
-    path = tmp_path / name
-    safetensors.torch.save_file(sd, str(path))
-    return ext.host.files.load_adapter(str(path))
-
-
-def _apply(ext, model, adapter, prompt, weight=1.0, start=0.0, end=1.0, **options):
-    return ext.host.patching.apply_ip_adapter(model, adapter, prompt, weight, start, end,
-                                              ext.host.patching.ApplyOptions(**options))
+_load, _apply = save_flat_and_load, apply_adapter
 
 
 def _run(patcher, seed=3):
     import flux_models as fm
-    x, ctx_c, ctx_u, y_c, y_u = fm.inputs(seed)
-    return fm.host_velocity(patcher, x, fm.SIGMA, [(ctx_c, y_c), (ctx_u, y_u)])
+    return fm.velocity_pair(patcher, seed)
 
 
 @pytest.mark.parametrize("tokens,images", [(4, 1), (16, 1), (4, 2)])

@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 from conftest import HOST, NO_HOST_REASON
-from tiny_adapters import random_prompt, rel_err
+from tiny_adapters import apply_adapter, random_prompt, rel_err
 
 pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
 
@@ -29,9 +29,7 @@ def _load(ext, tmp_path, sd, name="ip-adapter.safetensors"):
     return ext.host.files.load_adapter(str(path))
 
 
-def _apply(ext, model, adapter, prompt, weight=1.0, start=0.0, end=1.0, **options):
-    return ext.host.patching.apply_ip_adapter(model, adapter, prompt, weight, start, end,
-                                              ext.host.patching.ApplyOptions(**options))
+_apply = apply_adapter
 
 
 def _run(patcher, seed=3):

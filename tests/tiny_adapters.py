@@ -49,6 +49,19 @@ def save_and_load(ext, tmp_path, state_dict, name):
     return ext.host.files.load_adapter(str(path))
 
 
+def save_flat_and_load(ext, tmp_path, flat, name):
+    """A flat state dict written as ``name`` (.safetensors) and loaded through Load IP-Adapter's loader."""
+    path = tmp_path / name
+    safetensors.torch.save_file(flat, str(path))
+    return ext.host.files.load_adapter(str(path))
+
+
+def apply_adapter(ext, model, adapter, prompt, weight=1.0, start=0.0, end=1.0, **options):
+    """Apply IP-Adapter's call: ``options`` are ApplyOptions fields."""
+    patching = ext.host.patching
+    return patching.apply_ip_adapter(model, adapter, prompt, weight, start, end, patching.ApplyOptions(**options))
+
+
 def random_prompt(ext, images, seed):
     g = torch.Generator().manual_seed(seed)
     embeds, hidden = torch.randn(images, EMBED, generator=g), torch.randn(images, PATCHES, HIDDEN, generator=g)
