@@ -17,7 +17,8 @@ resampler. Measures:
 instantx_blocks: one host double block and one single block at FLUX.1's real width (3072, 24 heads of 128), real
 token counts (--latent 64: a 512 px image, 1024 image tokens; --text 512) and 128 image-prompt tokens, bare vs
 through the InstantX patch (K'/V' random, as the patch holds them): the per-block cost at full size, which the
-whole model (12 B parameters) cannot show on a CPU.
+whole model (12 B parameters) cannot show on a CPU; and Apply's work at full size (a random bf16 adapter with the
+published shapes, 2.65 B weights: image tokens, then K'/V' of the 57 blocks for cond and uncond).
 Needs the ComfyUI host (COMFYUI_PATH or $HOME/ComfyUI). Prints a table; asserts nothing.
 """
 import argparse
@@ -178,6 +179,26 @@ def instantx_blocks(args):
     return rows
 
 
+def instantx_apply(repeat=2):
+    """Seconds of Apply's work for a full-size InstantX FLUX.1-dev adapter (bf16, host manual-cast layers) and one
+    image: the tokens and every block's K'/V' (what ``build_dit_branches`` computes), on the host's device."""
+    import comfy.model_management
+    import comfy.ops
+    launch.import_extension()
+    from ipadapter_suite.ipadapter_core import with_default_uncond
+    from ipadapter_suite.ipadapter_core.dit import build_dit_adapter
+    from ipadapter_suite.ipadapter_core.dit_attention import build_dit_branches
+    from dit_formats import instantx_flux
+    flat = {f"{part}.{k}": torch.randn(v.shape, dtype=torch.bfloat16) * 0.02
+            for part, values in instantx_flux().items() for k, v in values.items()}
+    adapter = build_dit_adapter(flat, comfy.ops.manual_cast)
+    prompt = with_default_uncond(torch.randn(1, 1152), torch.randn(1, 729, 1152), torch.randn(1, 729, 1152))
+    weights = dict.fromkeys(adapter.spec.block_keys, 1.0)
+    device = comfy.model_management.get_torch_device()
+    return median_time(lambda: build_dit_branches(adapter, prompt, weights, head_dim=128, compute_device=device),
+                       repeat), str(device)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=("flux", "instantx_flux", "instantx_blocks", "sd35"), default="flux")
@@ -203,6 +224,9 @@ def main():
             print(f"| {name} | {bare_s * 1e3:.0f} ms | {hooked_s * 1e3:.0f} ms | {hooked_s / bare_s:.3f} |")
         print("A FLUX.1 step is 19 double + 38 single blocks plus a small rest: the step ratio is about the blocks'"
               " time-weighted mean.")
+        seconds, device = instantx_apply()
+        print(f"Apply's work at full size (tokens + K'/V' of 57 blocks, cond and uncond) on {device}: "
+              f"{seconds:.1f} s")
         return
     ext, plain, adapter, prompt, x, conds = build(args)
 

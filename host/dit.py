@@ -1,5 +1,6 @@
 """Apply a DiT IP-Adapter (Flux, SD3.5) through the host's ``patches_replace["dit"]`` block hooks: the model's
 forward is never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
+import comfy.model_management
 import comfy.ops
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import DoubleStreamBlock
@@ -112,7 +113,10 @@ def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, option
     mask = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
     net = model.get_model_object("diffusion_model")
     if adapter.spec.family == "flux":
-        kv_options = {"head_dim": net.hidden_size // net.num_heads} if adapter.spec.kind == "instantx_flux" else {}
+        # InstantX: K'/V' of 57 blocks (2 x 128 x 4096 x 3072 per block and row) on the compute device
+        kv_options = ({"head_dim": net.hidden_size // net.num_heads,
+                       "compute_device": comfy.model_management.get_torch_device()}
+                      if adapter.spec.kind == "instantx_flux" else {})
         branches = build_dit_branches(adapter.model, prompt, weights, sigma_range, schedule=schedule, mask=mask,
                                       **kv_options)
     else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -281,6 +282,7 @@ class _InstantXKV(nn.Module):
 
 
 KV_NORM_EPS = 1e-5  # the InstantX processor's RMSNorms on K' and V' (no weights)
+PROJ_ROWS = 32768  # rows of the InstantX projection's last Linear cast at a time (32768 x 2304: 302 MB in fp32)
 
 
 def head_rms_norm(x: torch.Tensor, head_dim: int, eps: float = KV_NORM_EPS) -> torch.Tensor:
@@ -304,8 +306,17 @@ class InstantXFluxAdapter(nn.Module):
                                          for n in range(len(spec.block_keys))})
 
     def image_tokens(self, features: torch.Tensor, shortcut_weight: float = 1.0) -> torch.Tensor:
-        """(n, E) pooled SigLIP embeddings -> (n, T, C) tokens (``shortcut_weight``: unused here)."""
-        return self.image_proj(features)
+        """(n, E) pooled SigLIP embeddings -> (n, T, C) tokens (``shortcut_weight``: unused here). The last Linear
+        (T*C = 524288 rows, 1.2 B weights) is applied a block of rows at a time, so that casting its weights to
+        the features' dtype never copies more than ``PROJ_ROWS`` rows of it."""
+        proj = self.image_proj
+        inner = proj.proj[1](proj.proj[0](features))  # (n, M)
+        last = proj.proj[2]
+        rows = [F.linear(inner, last.weight[i:i + PROJ_ROWS].to(inner),
+                         None if last.bias is None else last.bias[i:i + PROJ_ROWS].to(inner))
+                for i in range(0, last.weight.shape[0], PROJ_ROWS)]
+        x = rearrange(torch.cat(rows, dim=-1), "b (n c) -> b n c", n=self.spec.tokens)  # (n, T, C)
+        return proj.norm(x)
 
     def block_keys_values(self, tokens: torch.Tensor, blocks=None, head_dim: int = 128) -> dict:
         """Tokens (P, N, C) -> {block key: (K' (P, N, H), V' (P, N, H))}, each RMS-normed per head of
@@ -367,7 +378,8 @@ def _block_names(spec) -> str:
 
 def unsupported_dit_layout(image_proj: Mapping, ip_layers: Mapping) -> str | None:
     """What a nested (``image_proj`` / ``ip_adapter``) file is when it is one of the DiT adapters this extension
-    recognises but does not run, as the refusal's message; None for anything else (docs/formats.md#dit-files-in-the-h94-reader).
+    recognises but does not run, as the refusal's message; None for anything else
+    (docs/formats.md#dit-files-in-the-h94-reader).
 
     InstantX SD3.5-Large: per-block ``N.norm_ip.linear.*`` (the AdaLN of the image tokens) and a resampler with
     ``time_embedding.*`` (supported: loaded through the DiT path; only a torch file that cannot be peeked at

@@ -49,14 +49,20 @@ def flux_image_query(block, img: torch.Tensor, vec: torch.Tensor, weights=own_we
 @torch.no_grad()
 def build_dit_branches(adapter, prompt: ImagePrompt, block_weights: Mapping[tuple[str, int], float],
                        sigma_range: tuple[float, float] | None = None, *, schedule=None,
-                       mask: torch.Tensor | None = None, **kv_options) -> dict[tuple[str, int], Branch]:
+                       mask: torch.Tensor | None = None, compute_device=None,
+                       **kv_options) -> dict[tuple[str, int], Branch]:
     """{block key: Branch} holding K'/V' (1, N, H) for cond and uncond rows, for the blocks in ``block_weights``.
     The images are projected once, here; several images' tokens are concatenated. ``mask`` (M, H, W).
-    ``kv_options`` go to the adapter's ``block_keys_values`` (InstantX: the model's ``head_dim``)."""
+    ``compute_device``: where K'/V' are computed (the adapter's host layers bring their weights there block by
+    block), kept on the tokens' device. ``kv_options`` go to the adapter's ``block_keys_values`` (InstantX: the
+    model's ``head_dim``)."""
     prompt.check_fits(adapter.spec)
     tokens, _ = prompt_tokens(adapter, prompt, unfold=False)  # (2, N, C): cond, uncond
-    kv_cond = adapter.block_keys_values(tokens[:1], block_weights, **kv_options)
-    kv_uncond = adapter.block_keys_values(tokens[1:], block_weights, **kv_options)
+    store = tokens.device
+    tokens = tokens if compute_device is None else tokens.to(compute_device)
+    kv_cond, kv_uncond = ({key: tuple(t.to(store) for t in kv) for key, kv in
+                           adapter.block_keys_values(part, block_weights, **kv_options).items()}
+                          for part in (tokens[:1], tokens[1:]))
     frames = None if mask is None else FrameData(None, 0, mask.detach().float().cpu(), None)
     return {key: Branch(*kv_cond[key], *kv_uncond[key], weight=block_weights[key], sigma_range=sigma_range,
                         schedule=schedule, frames=frames)

@@ -152,7 +152,8 @@ def test_a_prompt_without_the_pooled_siglip_embedding_is_refused():
     spec = detect_dit_spec(_flat(instantx_flux()))
     tokens = torch.zeros(1, 729, 1152)  # the host's SigLIP image_embeds: token states, no pooling head
     prompt = ImagePrompt(tokens, tokens, torch.zeros_like(tokens), tokens)
-    with pytest.raises(EncoderMismatchError, match="729 token states: the loaded SigLIP has no pooling head.*siglip-so400m-patch14-384"):
+    with pytest.raises(EncoderMismatchError,
+                       match="729 token states: the loaded SigLIP has no pooling head.*siglip-so400m-patch14-384"):
         prompt.check_fits(spec)
     pooled = ImagePrompt(torch.zeros(1, 1152), tokens, torch.zeros(1, 1152), tokens)
     pooled.check_fits(spec)
@@ -175,3 +176,21 @@ def test_incomplete_sd35_file_is_named():
     del flat["ip_adapter.12.norm_ip_k.weight"]
     with pytest.raises(AdapterFileError, match=r"incomplete: \[12\]"):
         detect_dit_spec(flat)
+
+
+def test_instantx_flux_tokens_in_row_blocks_equal_the_whole_projection(monkeypatch):
+    """The projection's last Linear applied a block of rows at a time (bounded casts) gives the module's own
+    forward: Linear, GELU, Linear, LayerNorm per token."""
+    import ipadapter_suite.ipadapter_core.dit as dit
+    g = torch.Generator().manual_seed(0)
+    flat = {"image_proj.proj.0.weight": torch.randn(16, 8, generator=g), "image_proj.proj.0.bias": torch.randn(16),
+            "image_proj.proj.2.weight": torch.randn(5 * 12, 16, generator=g), "image_proj.proj.2.bias": torch.randn(60),
+            "image_proj.norm.weight": torch.rand(12) + 0.5, "image_proj.norm.bias": torch.randn(12)}
+    flat.update({f"ip_adapter.{n}.to_{kv}_ip.weight": torch.randn(24, 12, generator=g)
+                 for n in range(57) for kv in "kv"})
+    model = build_dit_adapter(flat)
+    features = torch.randn(3, 8, generator=g)
+    monkeypatch.setattr(dit, "PROJ_ROWS", 7)  # 60 rows in 9 blocks, the last one short
+    tokens = model.image_tokens(features)
+    assert tokens.shape == (3, 5, 12)
+    assert torch.allclose(tokens, model.image_proj(features), rtol=1e-5, atol=1e-6)
