@@ -272,3 +272,39 @@ def test_siglip_with_its_head_from_the_host_loader_feeds_the_adapter(ext, flux, 
     cond, uncond = _run(_apply(ext, patcher, adapter, prompt, 1.0))
     plain = _run(patcher)
     assert torch.isfinite(cond).all() and rel_err(cond, plain[0]) > 1e-3 and rel_err(uncond, plain[1]) > 1e-3
+
+
+def test_a_block_that_puts_the_image_first_gets_the_term_on_its_image_tokens(host):
+    """A double block with ``flipped_img_txt`` (image tokens first in its joint attention) patched with
+    ``img_first`` equals the usual block on the same tokens in the usual order (the attention is the same up to the
+    order of its tokens and their RoPE angles)."""
+    import comfy.ops
+    from comfy.ldm.flux.layers import DoubleStreamBlock, EmbedND
+    import flux_models as fm
+    from ipadapter_suite.ipadapter_core.attention import Branch
+    from ipadapter_suite.ipadapter_core.dit_attention import InstantXFluxPatch
+    g = torch.Generator().manual_seed(0)
+    blocks = [DoubleStreamBlock(32, 2, 4.0, qkv_bias=True, flipped_img_txt=f, operations=comfy.ops.disable_weight_init)
+              for f in (False, True)]
+    fm.randomize(blocks[0], 3)
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    ids = torch.randint(0, 9, (1, 5 + 16, 3), generator=g).float()
+    pe = EmbedND(dim=16, theta=10000, axes_dim=[4, 6, 6])(ids)  # (1, 1, 21, 8, 2, 2): text first
+    pe_flipped = torch.cat([pe[:, :, 5:], pe[:, :, :5]], dim=2)
+    img, txt, vec = torch.randn(1, 16, 32, generator=g), torch.randn(1, 5, 32, generator=g), torch.randn(1, 32)
+    kv = [torch.randn(1, 6, 32, generator=g) for _ in range(4)]
+    outs = []
+    for block, first, rotation in zip(blocks, (False, True), (pe, pe_flipped)):
+        patch = InstantXFluxPatch((Branch(*kv, weight=0.7),), double=True, heads=2, img_first=first)
+        args = {"img": img, "txt": txt.clone(), "vec": vec, "pe": rotation, "transformer_options": {}}
+
+        def call(a, block=block):
+            out = block(img=a["img"], txt=a["txt"], vec=a["vec"], pe=a["pe"],
+                        transformer_options=a["transformer_options"])
+            return dict(zip(("img", "txt"), out))
+        with torch.no_grad():
+            outs.append((patch(args, {"original_block": call}), call({**args, "txt": txt.clone()})))
+    (usual, usual_plain), (flipped, flipped_plain) = outs
+    assert rel_err(flipped_plain["img"], usual_plain["img"]) <= 1e-5  # the two blocks agree unpatched
+    assert rel_err(flipped["img"], usual["img"]) <= 1e-5 and rel_err(flipped["txt"], usual["txt"]) <= 1e-5
+    assert rel_err(usual["img"], usual_plain["img"]) > 1e-3
