@@ -5,6 +5,7 @@ import torch
 
 from .checks import finite_number, number_list
 from .errors import AdapterFileError, EncoderMismatchError, InputError
+from .face_prompt import FacePrompt
 from .siglip_head import NO_POOLING_HEAD
 from .spec import ENCODERS_BY_HIDDEN_WIDTH, AdapterSpec
 
@@ -108,8 +109,8 @@ def _reduce(method: str, t: torch.Tensor) -> torch.Tensor:
     return out[None]
 
 
-def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePrompt:
-    """Several image prompts -> one. Their images are taken in order; then
+def combine_prompts(prompts, method: str = "concat", weights=None):
+    """Several image prompts (or several face prompts) -> one. Their images (faces) are taken in order; then
 
     - ``concat``: every image stays (their tokens are concatenated, or one per latent row with batch unfold);
     - ``average``: one image whose features (and negative features) are the mean over the images;
@@ -117,13 +118,20 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     - ``add``, ``subtract`` (f_1 - mean of the others), ``norm average`` (mean of f_i / ||f||, the norm over the
       images, per feature), ``max``, ``min``: one image of those features, with the first image's negative (as
       ComfyUI_IPAdapter_plus combines); a single image is kept as it is.
+
+    Face prompts combine the same way, face by face (docs/faceid.md#face-prompt); a face prompt and a CLIP image
+    prompt do not combine.
     """
     prompts = list(prompts)
     if not prompts:
         raise InputError("no image prompts to combine: connect image_prompt")
-    if not all(isinstance(p, ImagePrompt) for p in prompts):
-        raise InputError("image_prompt: face prompts (Encode Face Prompt) cannot be combined here: give all the "
-                         "face images to one Encode Face Prompt (their faces are used together)")
+    faces = [isinstance(p, FacePrompt) for p in prompts]
+    if any(faces):
+        if not all(faces):
+            raise InputError("image_prompt: a face prompt (Encode Face Prompt) and a CLIP image prompt (Encode "
+                             "Image Prompt) cannot be combined: they feed different adapters; apply each with its "
+                             "own Apply IP-Adapter")
+        return _combine_faces(prompts, method, weights)
     shapes = {(p.embeds.shape[1:], p.hidden.shape[1:]) for p in prompts}
     if len(shapes) != 1:
         raise EncoderMismatchError("image prompts encoded with different CLIP vision models cannot be combined ("
@@ -132,19 +140,46 @@ def combine_prompts(prompts, method: str = "concat", weights=None) -> ImagePromp
     parts = [torch.cat([getattr(p, name) for p in prompts]) for name in _FIELDS]  # each (n, ...)
     if method == "concat":
         return ImagePrompt(*parts, regions=_concat_regions(prompts))
+    return ImagePrompt(*_combined(parts, (2, 3), method, weights))
+
+
+def _combined(parts: list, negatives: tuple[int, ...], method: str, weights) -> list:
+    """Features (each (n, ...), one row per image) -> (1, ...) each by ``method`` (not concat); ``negatives``:
+    the positions of the negative features, which the incumbent's methods take from the first image."""
     count = parts[0].shape[0]
     if method in COMBINE_METHODS[3:]:
         if count == 1:
-            return ImagePrompt(*parts)
-        embeds, hidden = _reduce(method, parts[0]), _reduce(method, parts[1])
-        return ImagePrompt(embeds, hidden, parts[2][:1], parts[3][:1])
+            return parts
+        return [t[:1] if i in negatives else _reduce(method, t) for i, t in enumerate(parts)]
     if method == "average":
         w = torch.full((count,), 1.0 / count)
     elif method == "weighted average":
         w = _normalised_weights(weights, count)
     else:
         raise InputError(f"method: unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
-    return ImagePrompt(*(torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts))  # (1, ...)
+    return [torch.einsum("n,n...->...", w.to(t), t)[None] for t in parts]  # (1, ...)
+
+
+def _combine_faces(prompts, method: str, weights) -> FacePrompt:
+    """Face prompts -> one: their faces in order (concat), or one face of combined embeddings (and crops)."""
+    crops = {p.hidden is None for p in prompts}
+    if len(crops) != 1:
+        raise InputError("image_prompt: some face prompts have face crops (clip_vision connected to Encode Face "
+                         "Prompt) and some do not: connect the same clip_vision to every Encode Face Prompt")
+    widths = {p.hidden.shape[1:] for p in prompts if p.hidden is not None}
+    if len(widths) > 1:
+        raise EncoderMismatchError("face prompts whose crops were encoded with different CLIP vision models cannot "
+                                   f"be combined ({', '.join(sorted({p.encoder for p in prompts}))}): encode them "
+                                   "all with the encoder the adapter needs")
+    names = ("embeds", "raw") + (() if prompts[0].hidden is None else ("hidden", "uncond_hidden"))
+    parts = [torch.cat([getattr(p, name) for p in prompts]) for name in names]  # each (n, ...)
+    sources, offset = [], 0
+    for p in prompts:  # the image each face came from, numbered across the prompts' images
+        sources += [offset + i for i in p.sources]
+        offset += max(p.sources, default=-1) + 1
+    if method != "concat":
+        parts, sources = _combined(parts, (3,), method, weights), sources[:1]
+    return FacePrompt(*parts, sources=tuple(sources))
 
 
 def _concat_regions(prompts) -> torch.Tensor | None:
@@ -179,18 +214,39 @@ _FIELDS = ("embeds", "hidden", "uncond_embeds", "uncond_hidden")
 PROMPT_FORMAT = "ipadapter_image_prompt"
 
 
-def prompt_tensors(prompt: ImagePrompt) -> dict[str, torch.Tensor]:
-    """The tensors of a prompt file (contiguous CPU copies, dtype kept)."""
-    if not isinstance(prompt, ImagePrompt):
-        raise InputError("image_prompt: a face prompt (Encode Face Prompt) cannot be saved as an image prompt file; "
-                         "encode the faces again where they are used")
+FACE_FIELDS = ("embeds", "raw", "hidden", "uncond_hidden")
+
+
+def prompt_tensors(prompt) -> dict[str, torch.Tensor]:
+    """The tensors of a prompt file (contiguous CPU copies, dtype kept); a face prompt's under ``face_*`` names,
+    with the image each face came from (``face_sources``)."""
+    if isinstance(prompt, FacePrompt):
+        tensors = {f"face_{name}": t for name, t in prompt.named_tensors()}
+        tensors["face_sources"] = torch.tensor(prompt.sources, dtype=torch.int64)
+        return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     names = _FIELDS + (("regions",) if prompt.regions is not None else ())
     return {name: getattr(prompt, name).detach().to("cpu").contiguous() for name in names}
 
 
-def prompt_from_tensors(tensors, source: str = "the file") -> ImagePrompt:
+def prompt_from_tensors(tensors, source: str = "the file"):
+    if "face_embeds" in tensors:
+        return _face_prompt_from_tensors(tensors, source)
     missing = [name for name in _FIELDS if name not in tensors]
     if missing:
         raise AdapterFileError(f"{source} is not a saved image prompt (missing {', '.join(missing)}): save one with "
                          "Save Image Prompt")
     return ImagePrompt(*(tensors[name] for name in _FIELDS), regions=tensors.get("regions"))
+
+
+def _face_prompt_from_tensors(tensors, source: str) -> FacePrompt:
+    crops = [name for name in ("face_hidden", "face_uncond_hidden") if name in tensors]
+    missing = [name for name in ("face_raw", "face_sources") if name not in tensors]
+    if missing or len(crops) == 1:
+        missing += [name for name in ("face_hidden", "face_uncond_hidden") if crops and name not in tensors]
+        raise AdapterFileError(f"{source} is not a complete saved face prompt (missing {', '.join(missing)}): save "
+                               "it again with Save Image Prompt")
+    try:
+        return FacePrompt(*(tensors.get(f"face_{name}") for name in FACE_FIELDS),
+                          sources=tuple(int(i) for i in tensors["face_sources"].tolist()))
+    except ValueError as exc:
+        raise AdapterFileError(f"{source}: {exc}: save it again with Save Image Prompt") from exc

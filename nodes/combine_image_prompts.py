@@ -13,10 +13,10 @@ class CombineImagePrompts(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="CombineImagePrompts", display_name="Combine Image Prompts", category=CATEGORY,
-            description="Combines image prompts encoded with the same CLIP vision model: concat keeps every image "
-                        "(their tokens side by side), average and weighted average make one image prompt of mean "
-                        "features; add, subtract (the first minus the mean of the others), norm average, max and "
-                        "min one image of those features.",
+            description="Combines image prompts encoded with the same CLIP vision model (or face prompts, face "
+                        "by face): concat keeps every image (their tokens side by side), average and weighted "
+                        "average make one image prompt of mean features; add, subtract (the first minus the mean "
+                        "of the others), norm average, max and min one image of those features.",
             inputs=[
                 ImagePrompt.Input("image_prompt"),
                 io.Combo.Input("method", options=list(COMBINE_METHODS), default="concat"),

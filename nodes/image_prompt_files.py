@@ -9,8 +9,8 @@ class SaveImagePrompt(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SaveImagePrompt", display_name="Save Image Prompt", category=CATEGORY,
-            description="Saves an image prompt (the encoded features, bit for bit) to output/image_prompts/ so "
-                        "that Load Image Prompt can reuse it without the encoder.",
+            description="Saves an image prompt or a face prompt (the encoded features, bit for bit) to "
+                        "output/image_prompts/ so that Load Image Prompt can reuse it without the encoder.",
             inputs=[ImagePrompt.Input("image_prompt"), io.String.Input("filename_prefix", default="image_prompt")],
             outputs=[], is_output_node=True)
 
