@@ -190,9 +190,10 @@ class InstantXFluxPatch(HostPatch):
 
         def override(func, *a, **kw):
             out = previous(func, *a, **kw) if previous is not None else func(*a, **kw)
-            if a[0].dim() != 4 or a[0].shape[2] != length:  # not this block's joint attention
+            q = a[0] if a else kw.get("q")
+            if q is None or q.dim() != 4 or q.shape[2] != length:  # not this block's joint attention
                 return out
-            query = unrotate(a[0][:, :, part], rotation)  # (B, h, L, d)
+            query = unrotate(q[:, :, part], rotation)  # (B, h, L, d)
             terms = self._terms(query, options, rows, out.device, out.dtype)  # (B, L, h*d)
             if part.stop - part.start == length:  # a single block: every token
                 return out + terms
