@@ -308,3 +308,26 @@ def test_a_block_that_puts_the_image_first_gets_the_term_on_its_image_tokens(hos
     assert rel_err(flipped_plain["img"], usual_plain["img"]) <= 1e-5  # the two blocks agree unpatched
     assert rel_err(flipped["img"], usual["img"]) <= 1e-5 and rel_err(flipped["txt"], usual["txt"]) <= 1e-5
     assert rel_err(usual["img"], usual_plain["img"]) > 1e-3
+
+
+def test_in_bf16_the_turned_back_query_costs_about_one_rounding(host):
+    """In bf16 the host rounds the rotated q to the model's dtype before the override sees it: the query turned
+    back from it differs from the fp32 query by about what the block's own bf16 query does (one more rounding),
+    not more (docs/inference.md#instantx-flux)."""
+    import comfy.ops
+    from comfy.ldm.flux.layers import DoubleStreamBlock, EmbedND
+    from comfy.ldm.flux.math import apply_rope1
+    import flux_models as fm
+    from ipadapter_suite.ipadapter_core.dit_attention import flux_image_query, unrotate
+    g = torch.Generator().manual_seed(1)
+    block = DoubleStreamBlock(256, 2, 4.0, qkv_bias=True, operations=comfy.ops.disable_weight_init)
+    fm.randomize(block, 4)
+    img, vec = torch.randn(2, 64, 256, generator=g), torch.randn(2, 256, generator=g)
+    pe = EmbedND(dim=128, theta=10000, axes_dim=[16, 56, 56])(torch.randint(0, 32, (2, 64, 3), generator=g).float())
+    exact32 = flux_image_query(block, img, vec)  # (B, h, L, d), before RoPE
+    half = block.to(torch.bfloat16)
+    with torch.no_grad():
+        exact16 = flux_image_query(half, img.bfloat16(), vec.bfloat16())
+        turned_back = unrotate(apply_rope1(exact16, pe), pe)  # what the override recovers in bf16
+    own, ours = rel_err(exact16.float(), exact32), rel_err(turned_back.float(), exact32)
+    assert 0 < own < 2 ** -5 and ours <= 3 * own, (own, ours)
