@@ -69,13 +69,18 @@ def build_dit_branches(adapter, prompt: ImagePrompt, block_weights: Mapping[tupl
             for key in kv_cond}
 
 
-def _token_mask(frames: FrameData, rows, tokens: int, options: Mapping, patch_size: int, device, dtype):
-    """(B, L, 1) mask for the image stream: the latent's grid of patches first, any further tokens (reference
-    latents) unmasked to 0."""
+def _token_grid(options: Mapping, patch_size: int) -> tuple[int, int]:
+    """The latent's grid of image tokens (the model pads the latent to its patch size)."""
     shape = options.get(LATENT_SHAPE_KEY)
     if shape is None:
         raise ValueError("a masked IP-Adapter branch needs the latent size: apply it through Apply IP-Adapter")
-    h, w = (-(-side // patch_size) for side in shape[-2:])  # the model pads to the patch size
+    return tuple(-(-side // patch_size) for side in shape[-2:])
+
+
+def _token_mask(frames: FrameData, rows, tokens: int, options: Mapping, patch_size: int, device, dtype):
+    """(B, L, 1) mask for the image stream: the latent's grid of patches first, any further tokens (reference
+    latents) unmasked to 0."""
+    h, w = _token_grid(options, patch_size)
     mask = frames.row_mask(rows, h * w, (h, w), device, dtype)  # (B, h*w, 1)
     if tokens > h * w:
         mask = F.pad(mask, (0, 0, 0, tokens - h * w))
@@ -133,7 +138,7 @@ def _sequence_mask(frames: FrameData, rows, options: Mapping, total: int, patch_
     text = options.get(TEXT_TOKENS_KEY)
     if text is None:
         raise ValueError("a masked IP-Adapter branch needs the text length: apply it through Apply IP-Adapter")
-    h, w = (-(-side // patch_size) for side in options[LATENT_SHAPE_KEY][-2:])
+    h, w = _token_grid(options, patch_size)
     if text + h * w > total:
         raise ValueError(f"a masked IP-Adapter branch expected {text} text tokens and {h * w} image tokens in a "
                          f"single block's sequence of {total}: another extension changed the sequence; apply the "

@@ -87,7 +87,13 @@ def diffusers_flux(patcher):
         axes_dims_rope=tuple(p.axes_dim))
     key_map = comfy.utils.flux_to_diffusers({"depth": p.depth, "depth_single_blocks": p.depth_single_blocks,
                                              "hidden_size": p.hidden_size})
-    host_sd = net.state_dict()
+    return load_converted(twin, net.state_dict(), key_map)
+
+
+def load_converted(twin, host_sd, key_map):
+    """``twin`` (a diffusers model) loaded strictly with the host's weights through one of the host's own
+    key maps (``comfy.utils.flux_to_diffusers`` / ``mmdit_to_diffusers``: a key, a (key, None, function) or a
+    (key, (dim, start, length)) slice); every host key must be used."""
     converted = {}
     for key in twin.state_dict():
         target = key_map[key]

@@ -13,7 +13,7 @@ import comfy.model_patcher
 import comfy.supported_models
 import comfy.utils
 
-from flux_models import host_velocity, randomize  # noqa: F401  (the same sampler path)
+from flux_models import host_velocity, load_converted, randomize  # noqa: F401  (the same sampler path)
 
 DEPTH, BLOCKS, CONTEXT, POOLED, POS = 2, 38, 32, 16, 16
 SIGMA = 0.6
@@ -59,21 +59,7 @@ def diffusers_sd3(patcher):
             host_key = f"joint_blocks.{index}.context_block.adaLN_modulation.1.{end}"
             key_map[f"transformer_blocks.{index}.norm1_context.linear.{end}"] = (
                 (host_key, None, comfy.utils.swap_scale_shift) if swapped else host_key)
-    host_sd = net.state_dict()
-    converted = {}
-    for key in twin.state_dict():
-        target = key_map[key]
-        if isinstance(target, str):
-            converted[key] = host_sd[target]
-        elif target[1] is None:
-            converted[key] = target[2](host_sd[target[0]])
-        else:
-            dim, start, length = target[1]
-            converted[key] = host_sd[target[0]].narrow(dim, start, length)
-    used = {t if isinstance(t, str) else t[0] for k, t in key_map.items() if k in converted}
-    assert used == set(host_sd), sorted(set(host_sd) - used)[:5]
-    twin.load_state_dict(converted, strict=True)
-    return twin.float().eval()
+    return load_converted(twin, net.state_dict(), key_map)
 
 
 def inputs(seed, size=8):
