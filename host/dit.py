@@ -13,6 +13,7 @@ from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, TEXT_TOKENS_KEY, D
                                             SD35BlockPatch, build_dit_branches, build_sd35_branches,
                                             with_norm_ratios)
 from .unet import ATTENTION
+from .memory import HeldTensors, hold_branches, register
 
 WRAPPER_KEY = "ipadapter_latent_shape"
 
@@ -124,6 +125,9 @@ def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, option
         branches = build_sd35_branches(adapter.model, prompt, weights, timestep_of, sigma_range, schedule=schedule,
                                        mask=mask)
         branches = with_norm_ratios(branches, _family_blocks(model, "sd35"))
+    held = HeldTensors()
+    branches = hold_branches(branches, held)
+    register(patched, (adapter.model, held))
     kind, make = _patch_maker(model, adapter)
     blocks = _family_blocks(model, adapter.spec.family)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})

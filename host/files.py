@@ -94,9 +94,20 @@ def save_prompt(prompt: ImagePrompt, filename_prefix: str) -> str:
     return f"{subfolder}/{file} [output]" if subfolder else f"{file} [output]"
 
 
+def _annotated_path(name: str) -> str:
+    """The host's path for an annotated name (``x.safetensors [output]``). Hosts that refuse a path resolving
+    outside its folder (a link out of input/, ``..``) raise a bare ValueError: ours names the file and the fix."""
+    try:
+        return folder_paths.get_annotated_filepath(name)
+    except ValueError as exc:
+        raise FileNotFoundError(f"saved image prompt '{name}' resolves outside ComfyUI's input/ and output/ folders "
+                                f"(a link to another folder, or '..'), which ComfyUI refuses to read: copy the file "
+                                f"into input/{PROMPT_SUBFOLDER}/") from exc
+
+
 def prompt_path(name: str) -> str:
     """The file behind a saved prompt's annotated name, or an error saying where to put it."""
-    path = folder_paths.get_annotated_filepath(name)
+    path = _annotated_path(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no saved image prompt '{name}': save one with Save Image Prompt, or put the file "
                                 f"in input/{PROMPT_SUBFOLDER}/")
@@ -120,7 +131,10 @@ def _fingerprint(path) -> tuple[int, int] | None:
 
 
 def prompt_fingerprint(name: str):
-    return _fingerprint(folder_paths.get_annotated_filepath(name))
+    try:
+        return _fingerprint(_annotated_path(name))
+    except FileNotFoundError:  # the load reports it
+        return None
 
 
 def adapter_fingerprint(name: str):

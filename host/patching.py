@@ -13,6 +13,7 @@ from ..ipadapter_core.schedules import FrameWeights, check_frame_weights
 from ..ipadapter_core.dit import DiTAdapterSpec
 from . import dit
 from .faceid_lora import add_faceid_lora
+from .memory import HeldTensors, hold_branches, register
 from .unet import ATTENTION, check_model_fits
 
 CURVE_POINTS = 33
@@ -131,7 +132,11 @@ def _branches(model, adapter, prompt, weight, start_at, end_at, options: ApplyOp
 
 
 def _patch(patched, adapter, branches) -> None:
-    """One patch per layer with a branch, stacked on an IP-Adapter patch already there (or wrapping another's)."""
+    """One patch per layer with a branch, stacked on an IP-Adapter patch already there (or wrapping another's); the
+adapter's module and the tensors the branches hold registered with the host's model management (host/memory.py)."""
+    held = HeldTensors()
+    branches = hold_branches(branches, held)
+    register(patched, (adapter.model, held))
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for site in LAYOUTS[adapter.spec.family]:
         if site.n not in branches:

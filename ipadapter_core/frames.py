@@ -3,7 +3,8 @@
 A call's batch is one chunk of rows per entry of ``cond_or_uncond``, and row r of every chunk is the same frame.
 That frame is absolute when a sampler windows the batch: AnimateDiff-Evolved's ``ad_params["sub_idxs"]`` (its
 published contract), or the host's ``context_window.index_list`` when the window runs over the batch dimension
-(``dim`` 0); otherwise row r is frame r. Per-frame data with S entries gives frame f entry min(f, S - 1): fewer
+(``dim`` 0), after the window's ``causal_anchor_index`` when the host set one (its ``causal_window_fix`` adds the
+frame before the window as the call's first row); otherwise row r is frame r. Per-frame data with S entries gives frame f entry min(f, S - 1): fewer
 entries than frames repeat the last one, more use the first ones.
 
 Index tensors are built from those Python ints once per call (never read back from the device), so the patch
@@ -52,6 +53,11 @@ def window_frames(extra_options: Mapping, per: int) -> tuple[int, ...] | None:
         window = extra_options.get("context_window")
         if window is not None and getattr(window, "dim", 0) == 0:
             frames = getattr(window, "index_list", None)
+            # The host's causal_window_fix (on by default where the host has it) puts the frame before the window
+            # first: the rows are [anchor] + index_list, as the window's own get_tensor slices them.
+            anchor = getattr(window, "causal_anchor_index", None)
+            if frames is not None and anchor is not None and anchor >= 0:
+                frames = [anchor, *frames]
     if frames is None or len(frames) != per:
         return None
     frames = tuple(int(f) for f in frames)  # Python ints from the sampler, not device values

@@ -1,7 +1,9 @@
 """What every node file shares: the pinned host API, our socket types and the validation answer.
 
-The host's V3 node API is pinned to the version this extension is written against (``comfy_api.v0_0_2``), not
-``latest``, so a host update that changes ``latest`` does not change these nodes.
+The nodes import the host's V3 node API under the version name it was written against (``comfy_api.v0_0_2``).
+That name is not a shield: on ComfyUI 0.33 ``v0_0_2`` re-exports ``latest``'s ``io``, so a host update reaches
+these nodes either way. What guards them is the suite, run against the oldest supported host and today's
+(README, "Tests"); where the two differ, the code asks the host for the capability it needs.
 """
 from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (re-exported for the node files)
 

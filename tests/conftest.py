@@ -76,3 +76,16 @@ def model_files(host, tmp_path_factory):
         yield files
     finally:  # pytest keeps its last tmp folders: do not leave 3.4 GB behind
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    """Which host the tests run against (path and version), printed at the top of every run."""
+    if HOST is None:
+        return f"ComfyUI host: none ({NO_HOST_REASON})"
+    version = "unknown"
+    try:
+        text = (Path(HOST) / "comfyui_version.py").read_text()
+        version = text.split('__version__ = "', 1)[1].split('"', 1)[0]
+    except (OSError, IndexError):
+        pass
+    return f"ComfyUI host: {HOST} (version {version})"

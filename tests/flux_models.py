@@ -43,10 +43,24 @@ def _axes(head):
 
 
 def flux_config(depth=19, single=38, hidden=HIDDEN, heads=HEADS):
-    return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=VEC, context_in_dim=CONTEXT,
-                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
-                axes_dim=_axes(hidden // heads), theta=10000, patch_size=2, qkv_bias=True,
-                guidance_embed=True)
+    """The host's own reading of a FLUX.1-dev file (``comfy.model_detection`` on its key names, meta tensors), so a
+    field a newer host adds comes with the host's value for FLUX.1 (0.33's ``txt_ids_dims``), then the tiny sizes.
+    Detection takes the head width 128 (``hidden // sum(axes_dim)``): heads and RoPE axes are set here."""
+    import comfy.model_detection
+
+    def meta(*shape):
+        return torch.empty(*shape, device="meta")
+    state_dict = {"img_in.weight": meta(hidden, 64), "txt_in.weight": meta(hidden, CONTEXT),
+                  "vector_in.in_layer.weight": meta(hidden, VEC), "guidance_in.in_layer.weight": meta(hidden, 256)}
+    head = hidden // heads
+    state_dict.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": meta(head) for i in range(depth)})
+    state_dict.update({f"single_blocks.{i}.norm.key_norm.scale": meta(head) for i in range(single)})
+    config = comfy.model_detection.detect_unet_config(state_dict, "")
+    assert config is not None and config["image_model"] == "flux", config
+    config.update(in_channels=16, out_channels=16, vec_in_dim=VEC, context_in_dim=CONTEXT, hidden_size=hidden,
+                  num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=_axes(head), patch_size=2,
+                  guidance_embed=True)
+    return config
 
 
 def randomize(module, seed):

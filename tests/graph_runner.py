@@ -102,6 +102,17 @@ class Result:
 EXECUTOR = None
 
 
+def new_executor():
+    """The host's executor with the classic cache, built as its ``main.py`` builds one: hosts whose executor takes
+    ``cache_args`` (it reads the RAM-cache headroom from them on every prompt) get the values main.py gives a
+    classic cache (no LRU size, no RAM headroom)."""
+    import inspect
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(_Server(), cache_type=False,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(_Server(), cache_type=False)
+
+
 def run(graph: dict) -> Result:
     """Validate and (when valid) execute ``graph`` = {node id: {"class_type", "inputs"}} with one executor per
     process, so that a failure is followed by the next graph in the same host state (as in a running server)."""
@@ -112,7 +123,7 @@ def run(graph: dict) -> Result:
     if not valid:
         reasons = [e for info in node_errors.values() for e in info["errors"]] or [error]
         return Result(False, validation=reasons)
-    EXECUTOR = EXECUTOR or execution.PromptExecutor(_Server(), cache_type=False)
+    EXECUTOR = EXECUTOR or new_executor()
     KEPT.clear()
     EXECUTOR.execute(graph, prompt_id, {}, list(outputs))
     if not EXECUTOR.success:

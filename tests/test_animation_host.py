@@ -256,3 +256,71 @@ def test_schedule_nodes_feed_apply_advanced_through_the_executor(world):
                       .values()))
     weights = patch.branches[0].frames.weights
     assert weights.tolist() == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0] * 2)  # image_2's: the inverted fade
+
+
+class WindowRows:
+    """An attn2 replacement that records, per call, the rows it got and the window the host passed."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __deepcopy__(self, memo):  # the host's clone deep-copies patches: keep recording into the same list
+        return self
+
+    def __call__(self, q, k, v, extra):
+        from comfy.ldm.modules.attention import optimized_attention
+        window = extra.get("context_window")
+        if window is not None:
+            self.seen.append((q.shape[0] // len(extra["cond_or_uncond"]), list(window.index_list),
+                              getattr(window, "causal_anchor_index", None)))
+        return optimized_attention(q, k, v, extra["n_heads"])
+
+
+def _manual_windows_options():
+    """(node class, causal_window_fix values the host's Context Windows (Manual) node takes: [None] where it has no
+    such input)."""
+    import inspect
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+    takes = "causal_window_fix" in inspect.signature(ContextWindowsManualNode.execute).parameters
+    return ContextWindowsManualNode, ([True, False] if takes else [None])
+
+
+@pytest.mark.parametrize("causal_fix", [True, False])
+@pytest.mark.parametrize("control", ["unfold", "all"])
+def test_host_context_windows_node_gives_every_frame_its_own_data(world, control, causal_fix):
+    """The host's own "Context Windows (Manual)" node (windows of 4, overlap 2, pyramid fuse) on the patched model,
+    sampled by the host's sampler: every frame equals the unwindowed run, with the node's causal_window_fix on
+    (windows after the first run with the frame before them as an extra first row) and off. The recorder shows the
+    host did add that row when the fix is on, so the test sees the case it guards."""
+    import comfy.sample
+    import inspect
+    node, fixes = _manual_windows_options()
+    if fixes == [None]:
+        pytest.skip("this host's Context Windows (Manual) node predates causal_window_fix, and its context handler "
+                    "looks the step up with every row's timestep (set_step), which fails for an image batch: "
+                    "test_host_context_window_equals_the_unwindowed_run drives its handler instead")
+    seen = []
+    base = world["patcher"].clone()
+    base.set_model_attn2_replace(WindowRows(seen), *world["info"]["cross_attn"][0][0])
+    prompt, options = _controls(world, control)
+    model = _apply(world["ext"], base, world["adapter"], prompt, **options)
+    inputs = dict(context_length=4, context_overlap=2, context_schedule="standard_static", context_stride=1,
+                  closed_loop=False, fuse_method="pyramid", dim=0, freenoise=False, causal_window_fix=causal_fix)
+    takes = inspect.signature(node.execute).parameters  # the node's inputs on this host
+    windowed = node.execute(model, **{k: v for k, v in inputs.items() if k in takes})[0]
+    noise = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    positive, negative = ([[c, {}]] for c in world["contexts"])
+
+    def sample(m):  # one Euler step to sigma 0: the output is the guided denoised prediction of every frame
+        return comfy.sample.sample(m, noise, 1, 5.0, "euler", "normal", positive, negative,
+                                   torch.zeros_like(noise), seed=0)
+    want = sample(model)
+    seen.clear()
+    got = sample(windowed)
+    anchored = [(rows, frames) for rows, frames, anchor in seen if anchor is not None and anchor >= 0]
+    if causal_fix:
+        assert anchored and all(rows == len(frames) + 1 for rows, frames in anchored), seen
+    else:
+        assert seen and not anchored and all(rows == len(frames) for rows, frames, _ in seen), seen
+    errors = per_frame_error(got, want)
+    assert max(errors) <= TOLERANCE, errors

@@ -163,6 +163,37 @@ def test_a_prompt_saved_again_under_the_same_name_is_read_again(ext, tmp_path):
         folder_paths.set_input_directory(saved)
 
 
+def test_a_saved_prompt_linked_from_outside_input_is_read_or_refused_by_name(ext, tmp_path):
+    """A saved prompt in input/image_prompts that is a link to a file elsewhere: a host that refuses paths
+    resolving outside input/ (``folder_paths.is_within_directory``) gets our message naming the file and the fix,
+    not its bare "Invalid file path"; a host without that check reads the file."""
+    import folder_paths
+    import graph_runner
+    from tiny_adapters import random_prompt
+    graph_runner.register(ext.nodes.NODE_CLASS_MAPPINGS)
+    saved = folder_paths.get_input_directory()
+    (tmp_path / "input" / "image_prompts").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    outside = tmp_path / "elsewhere" / "p.safetensors"
+    prompt = random_prompt(ext, 1, 3)
+    ext.ipadapter_core.save_image_prompt(outside, prompt)
+    (tmp_path / "input" / "image_prompts" / "p.safetensors").symlink_to(outside)
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    try:
+        result = graph_runner.run({
+            "1": {"class_type": "LoadImagePrompt", "inputs": {"prompt_file": "image_prompts/p.safetensors"}},
+            "2": {"class_type": "Keep", "inputs": {"value": ["1", 0], "slot": "out"}}})
+    finally:
+        folder_paths.set_input_directory(saved)
+    if hasattr(folder_paths, "is_within_directory"):
+        assert result.error is not None and "Invalid file path" not in result.message
+        assert "'image_prompts/p.safetensors' resolves outside" in result.message
+        assert "copy the file into input/image_prompts/" in result.message
+    else:
+        assert result.error is None, result.message
+        assert torch.equal(result.outputs["out"].embeds, prompt.embeds)
+
+
 def test_an_adapter_file_written_again_is_loaded_again(ext, tmp_path):
     import folder_paths
     import graph_runner

@@ -1,0 +1,88 @@
+"""The adapter's tensors under the host's model management (host/memory.py): what the patched model reports as its
+additional models, what the host counts for them, and that the patches see the host's moves of them."""
+import pytest
+import torch
+
+from conftest import HOST, NO_HOST_REASON
+from tiny_adapters import CTX, apply_adapter, random_prompt, save_and_load, tiny_adapter
+
+pytestmark = pytest.mark.skipif(HOST is None, reason=NO_HOST_REASON)
+
+
+@pytest.fixture(scope="module")
+def sd15(host):
+    from parity_models import build_pair
+    return build_pair("sd15", seed=5, context_dim=CTX)
+
+
+def _adapter(ext, info, tmp_path, kind="base", seed=4):
+    sd = tiny_adapter(kind, [w for _, w in info["cross_attn"]], seed)
+    return save_and_load(ext, tmp_path, sd, f"{kind}{seed}.safetensors"), sd
+
+
+def _branches(patched):
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    return [b for patch in replaces.values() for b in patch.branches]
+
+
+def _file_bytes(state_dict):
+    return sum(t.numel() * t.element_size() for part in state_dict.values() for t in part.values())
+
+
+def test_adapter_and_held_tensors_are_the_patched_models_additional_models(ext, sd15, tmp_path):
+    """The patched model's additional models are the adapter's module and one module of the application's K'/V';
+    the host counts for them (``model_size``) exactly the adapter file's bytes plus 4 K'/V' tensors of
+    (1, 4, width) fp32 per layer, computed here from the layer widths; the unpatched model has none."""
+    patcher, _, info = sd15
+    adapter, state_dict = _adapter(ext, info, tmp_path)
+    with torch.inference_mode():
+        patched = apply_adapter(ext, patcher, adapter, random_prompt(ext, 1, seed=2), 0.8)
+    models = patched.get_additional_models_with_key("ipadapter")
+    assert len(models) == 2 and models[0].model is adapter.model
+    assert not patcher.get_additional_models_with_key("ipadapter")
+    assert {id(m) for m in models} <= {id(m) for m in patched.get_nested_additional_models()}  # what sampling loads
+    kv_bytes = sum(4 * 4 * width * 4 for _, width in info["cross_attn"])
+    assert models[0].model_size() == _file_bytes(state_dict)
+    assert models[1].model_size() == kv_bytes
+    assert ext.host.memory.registered_bytes(patched) == _file_bytes(state_dict) + kv_bytes
+
+
+def test_the_patches_hold_the_registered_tensors_and_see_the_hosts_moves(ext, sd15, tmp_path):
+    """Every K'/V' a patch holds is a parameter of the registered module (no second copy), and the projection
+    weights of a tokens-held (unfolded) application are the adapter module's: when the host moves the modules
+    (``model.to``: torch swaps each parameter's data in place, for a device as for a dtype; here to float64, the
+    move a CPU run can make), the patches' tensors are moved with them."""
+    patcher, _, info = sd15
+    adapter, _ = _adapter(ext, info, tmp_path, "plus", seed=6)
+    with torch.inference_mode():
+        held = apply_adapter(ext, patcher, adapter, random_prompt(ext, 1, seed=3), 0.8)
+        unfolded = apply_adapter(ext, patcher, adapter, random_prompt(ext, 3, seed=4), 0.8, unfold_batch=True)
+    module = held.get_additional_models_with_key("ipadapter")[1].model
+    params = {id(p) for p in module.parameters()}
+    branches = _branches(held)
+    assert branches and all(id(t) in params for b in branches for t in (b.k_cond, b.v_cond, b.k_uncond, b.v_uncond))
+    tokens_module = unfolded.get_additional_models_with_key("ipadapter")[1].model
+    tokens_branch = _branches(unfolded)[0]
+    assert tokens_branch.frames.tokens is next(iter(tokens_module.parameters()))
+    adapter_params = {id(p) for p in adapter.model.parameters()}
+    assert all(id(w) in adapter_params for b in _branches(unfolded) for w in b.projection)
+
+    module.to(torch.float64)
+    assert all(t.dtype == torch.float64 for b in branches for t in (b.k_cond, b.v_cond, b.k_uncond, b.v_uncond))
+    adapter.model.to(torch.float64)
+    assert all(w.dtype == torch.float64 for b in _branches(unfolded) for w in b.projection)
+
+
+def test_applying_twice_registers_the_adapter_once_and_each_application(ext, sd15, tmp_path):
+    """Two applications of one adapter: the adapter's module is one additional model (counted once), each
+    application's tensors another; a clone of the patched model keeps them."""
+    patcher, _, info = sd15
+    adapter, state_dict = _adapter(ext, info, tmp_path, seed=8)
+    with torch.inference_mode():
+        once = apply_adapter(ext, patcher, adapter, random_prompt(ext, 1, seed=5), 0.5)
+        twice = apply_adapter(ext, once, adapter, random_prompt(ext, 1, seed=6), 0.5)
+    models = twice.get_additional_models_with_key("ipadapter")
+    assert [type(m.model).__name__ for m in models] == ["IPAdapterModel", "HeldTensors", "HeldTensors"]
+    kv_bytes = sum(4 * 4 * width * 4 for _, width in info["cross_attn"])
+    assert ext.host.memory.registered_bytes(twice) == _file_bytes(state_dict) + 2 * kv_bytes
+    assert ext.host.memory.registered_bytes(twice.clone()) == ext.host.memory.registered_bytes(twice)
