@@ -86,3 +86,31 @@ def test_applying_twice_registers_the_adapter_once_and_each_application(ext, sd1
     kv_bytes = sum(4 * 4 * width * 4 for _, width in info["cross_attn"])
     assert ext.host.memory.registered_bytes(twice) == _file_bytes(state_dict) + 2 * kv_bytes
     assert ext.host.memory.registered_bytes(twice.clone()) == ext.host.memory.registered_bytes(twice)
+
+
+def test_a_patched_model_samples_the_same_through_the_hosts_low_vram_partial_load(ext, sd15, tmp_path):
+    """The host's low-VRAM path (``ModelPatcher.load`` with a memory budget below the model's size: weights cast
+    layer by layer at each call) runs the model patched with a plus adapter to the same eps as the full load, with
+    the adapter's registered modules loaded through the same ``load``."""
+    from parity_models import host_eps
+    from tiny_adapters import SIGMA, tiny_inputs
+    patcher, _, info = sd15
+    adapter, _ = _adapter(ext, info, tmp_path, "plus", seed=9)
+    x, cond, uncond = tiny_inputs(2)
+    x = torch.cat([x, x.flip(-1)])  # two rows, non-square data
+    with torch.inference_mode():
+        patched = apply_adapter(ext, patcher, adapter, random_prompt(ext, 1, seed=7), 0.9)
+        want = host_eps(patched, x, SIGMA, [cond, uncond])
+        device = patched.load_device
+        try:
+            patched.load(device, lowvram_model_memory=1, force_patch_weights=False, full_load=False)
+            for extra in patched.get_additional_models_with_key("ipadapter"):
+                extra.load(device, lowvram_model_memory=1, force_patch_weights=False, full_load=False)
+            assert patched.model.model_lowvram  # the host did take the partial-load path
+            got = host_eps(patched, x, SIGMA, [cond, uncond])
+        finally:
+            patched.unpatch_model(patched.offload_device)
+    plain = host_eps(patcher, x, SIGMA, [cond, uncond])
+    for g, w, p in zip(got, want, plain):
+        assert ((g - w).abs().max() / w.abs().max()).item() <= 1e-5
+        assert ((w - p).abs().max() / p.abs().max()).item() > 1e-3  # the adapter acts
