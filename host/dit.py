@@ -93,6 +93,7 @@ def _patch_maker(model, adapter):
     if adapter.spec.kind == "instantx_flux":
         return InstantXFluxPatch, lambda key, block, branch, previous: InstantXFluxPatch(
             (branch,), double=key[0] == "double_block", heads=net.num_heads,
+            # ComfyUI 0.3.64's double blocks may put the image first (flipped_img_txt); 0.33's never do and lack it
             img_first=bool(getattr(block, "flipped_img_txt", False)) and key[0] == "double_block",
             patch_size=net.patch_size, attention=ATTENTION, inner=previous)
     return SD35BlockPatch, lambda key, block, branch, previous: SD35BlockPatch(

@@ -197,3 +197,55 @@ def write_dataset(folder, count: int, size: int = 64, seed: int = 0):
         Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
         (folder / f"{i:04d}.txt").write_text("a picture")
     return folder
+
+
+def tiny_unet_predicting(model_type: str = "EPS", flags=None, layout: str = "sd15", zsnr: bool = False,
+                         seed: int = 0):
+    """``tiny_unet``'s model with another prediction type: ``model_type`` a host ModelType name (``V_PREDICTION``
+    for an SD2.x-v-style model, ``FLOW``, ``IMG_TO_IMG`` ...), or, given ``flags`` (names of a checkpoint's marker
+    keys, e.g. ``("v_pred", "ztsnr")`` as in NoobAI-XL v-pred), the type and ``zsnr`` setting the host's own
+    SDXL config reads from those keys when it loads a checkpoint; ``zsnr``: the model config's zero-terminal-SNR
+    setting, as such a checkpoint sets it."""
+    _host()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    from parity_models import HEADS, _randomize, _unet_config
+    config = _unet_config(layout, CONTEXT)
+    base_cls, model_cls = comfy.supported_models.SD15, comfy.model_base.BaseModel
+    if layout == "sdxl":
+        config = dict(config, num_classes="sequential", adm_in_channels=POOLED + 6 * 256)
+        base_cls, model_cls = comfy.supported_models.SDXL, comfy.model_base.SDXL
+    model_config = type(f"Tiny{base_cls.__name__}", (base_cls,),
+                        {"unet_extra_config": {"num_heads": HEADS, "num_head_channels": -1}})(config)
+    if zsnr:
+        model_config.sampling_settings["zsnr"] = True
+    if flags is not None:
+        kind = model_config.model_type({key: torch.tensor([1.0]) for key in flags})
+    else:
+        kind = comfy.model_base.ModelType[model_type]
+    model = model_cls(model_config, model_type=kind, device=torch.device("cpu"))
+    _randomize(model.diffusion_model, seed)
+    model.diffusion_model.float().eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_frozen(patcher, family: str = "sd15"):
+    """The stand-in encoders of ``tiny_sd15`` / ``tiny_sdxl`` around another tiny host model."""
+    from ipadapter_suite.training.frozen import FrozenModels
+    enc = TinyEncoders()
+    zero = enc.hidden_of_normalised(torch.zeros(1, 3, 32, 32))
+    text = enc.encode_text_pooled if family == "sdxl" else enc.encode_text
+    return FrozenModels(patcher=patcher, family=family, encode_latents=enc.encode_latents, encode_text=text,
+                        encode_image=enc.encode_image, zero_image_hidden=zero, embed_width=EMBED)
+
+
+def tiny_sd15_flow():
+    """``--models-from`` factory: a tiny SD1.5-layout model on the host's flow (CONST) sampling."""
+    return tiny_frozen(tiny_unet_predicting("FLOW"))
+
+
+def tiny_sdxl_v_zsnr():
+    """``--models-from`` factory: a tiny SDXL-layout model flagged v-prediction + zero terminal SNR, as the host
+    reads a NoobAI-XL-style checkpoint's ``v_pred`` / ``ztsnr`` keys."""
+    return tiny_frozen(tiny_unet_predicting(flags=("v_pred", "ztsnr"), layout="sdxl"), "sdxl")

@@ -85,8 +85,10 @@ def load_frozen(checkpoint: str, clip_vision: str | None, dtype: torch.dtype | N
     VAE + text encoder from a second pass over the checkpoint; freed memory is handed back after each. The image
     encoder stays in the host's dtype (fp16). Nothing here keeps an autograd graph."""
     from ..host import loaders
+    from .objective import prediction_type
 
     patcher, source = _load_unet(checkpoint, dtype)
+    prediction_type(patcher.model.model_sampling)  # UnsupportedModel (flow, x0, EDM ...) before the encoders load
     if not encoders:
         return FrozenModels(patcher=patcher, family=host_family(patcher), encode_latents=_no_encoder,
                             encode_text=_no_encoder, encode_image=_no_encoder, zero_image_hidden=None,

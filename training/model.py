@@ -16,6 +16,8 @@ from torch.utils.checkpoint import checkpoint
 from ..host.unet import cross_attention_layers, transformer_blocks
 from ..ipadapter_core import LAYOUTS, AdapterSpec, IPAdapterModel, IPAttentionPatch, branches_from_tokens
 from ..ipadapter_core import load_adapter_file
+from .objective import noised_input, prediction_type
+from .objective import target as training_target
 
 log = logging.getLogger(__name__)
 RESAMPLER_DIM = {"sd15": 768, "sdxl": 1280}
@@ -68,10 +70,12 @@ def adapter_from_file(path, frozen) -> IPAdapterModel:
 
 
 class AdapterTraining(nn.Module):
-    """forward(features, context, latents, noise, timesteps, y) -> the UNet's epsilon (B, C, h, w), fp32."""
+    """forward(features, context, latents, noise, timesteps, y) -> the UNet's output (B, C, h, w), fp32: epsilon
+    or v, as the host model predicts (``prediction``; other prediction types are refused here)."""
 
     def __init__(self, adapter: IPAdapterModel, base_model, attention, gradient_checkpointing: bool = False):
         super().__init__()
+        self.prediction = prediction_type(base_model.model_sampling)  # 'eps' or 'v'; raises UnsupportedModel
         self.adapter = adapter
         self._host = (base_model,)  # a tuple: not registered as a submodule
         self.attention = attention
@@ -87,16 +91,16 @@ class AdapterTraining(nn.Module):
 
     def forward(self, features, context, latents, noise, timesteps, y=None, weight: float = 1.0):
         base = self._host[0]
-        sampling = base.model_sampling
-        sigma = sampling.sigmas[timesteps.to(sampling.sigmas.device)].to(latents)  # (B,)
-        noisy = latents + noise * sigma.view(-1, 1, 1, 1)  # the host's EPS noise_scaling
-        model_in = sampling.calculate_input(sigma.view(-1, 1, 1, 1), noisy)  # sqrt(a)x0 + sqrt(1-a)eps
+        model_in, t = noised_input(base.model_sampling, latents, noise, timesteps)  # sqrt(a)x0 + sqrt(1-a)eps
         dtype = next(base.diffusion_model.parameters()).dtype
         extra = {} if y is None else {"y": y.to(dtype)}
-        out = base.diffusion_model(model_in.to(dtype), timesteps.float().to(latents.device),
-                                   context=context.to(dtype), transformer_options=self.transformer_options(
-                                       features, weight), **extra)
+        out = base.diffusion_model(model_in.to(dtype), t, context=context.to(dtype),
+                                   transformer_options=self.transformer_options(features, weight), **extra)
         return out.float()
+
+    def target(self, latents, noise, timesteps) -> torch.Tensor:
+        """What ``forward`` is trained to give for these draws: the noise (eps models) or v (v-prediction)."""
+        return training_target(self._host[0].model_sampling, latents, noise, timesteps)
 
 
 def checkpoint_transformers(unet: nn.Module) -> None:

@@ -24,6 +24,8 @@ from . import cache as cache_mod
 from .checkpoint import adapter_filename, export_adapter, read_state, resolve_resume, save_checkpoint
 from .data import (DataError, DecodedShards, PositionBatches, PositionDataset, ShardStream, collate, is_sharded,
                    keep_batch, records_for)
+from .objective import UnsupportedModel, describe
+from .objective import target as training_target
 from .options import apply_config_file
 from .recipe import DropRates, draw, uncond_image_features, where_rows
 
@@ -190,7 +192,8 @@ def model_inputs(run: Run, batch: dict, device) -> dict:
     if pooled is not None:
         pooled = where_rows(draws.drop_text, run.empty_pooled, pooled.float())
     inputs = dict(features=features, context=context, latents=latents, noise=draws.noise,
-                  timesteps=draws.timesteps, y=size_conditioning(run, pooled))
+                  timesteps=draws.timesteps, y=size_conditioning(run, pooled),
+                  target=training_target(sampling, latents, draws.noise, draws.timesteps))  # noise or v
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
@@ -212,8 +215,11 @@ def placeholder_inputs(run: Run, device) -> dict:
     frozen = run.frozen
     features = uncond_image_features(run.feature, torch.zeros(1, frozen.embed_width), run.uncond_features)
     latents = torch.zeros(1, frozen.base_model.diffusion_model.in_channels, 8, 8)  # (1, C, 8, 8)
+    timesteps = torch.zeros(1, dtype=torch.long)
     inputs = dict(features=features, context=run.empty_context, latents=latents, noise=torch.zeros_like(latents),
-                  timesteps=torch.zeros(1, dtype=torch.long), y=size_conditioning(run, run.empty_pooled))
+                  timesteps=timesteps, y=size_conditioning(run, run.empty_pooled),
+                  target=training_target(frozen.base_model.model_sampling, latents, torch.zeros_like(latents),
+                                         timesteps))
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
@@ -229,15 +235,16 @@ def micro_batch_inputs(run: Run, batch: dict, usable: int, device) -> tuple[dict
 
 def train_step(accelerator, module, optimizer, inputs: dict | None, weight: float, max_grad_norm: float,
                take_step: bool = True) -> torch.Tensor | None:
-    """One micro-batch: epsilon MSE (per sample, summed, times ``weight``), backward, and on the last micro-batch
-    of a step the optimizer step, unless ``take_step`` is false: a step with no usable sample on any process
-    leaves the adapter and AdamW's state as they are (a zero-gradient step would still move the weights through
-    momentum and weight decay). ``inputs`` None: nothing to compute on this process."""
+    """One micro-batch: the MSE of the UNet's output against ``inputs["target"]`` (the noise for eps models, v for
+    v-prediction; per sample, summed, times ``weight``), backward, and on the last micro-batch of a step the
+    optimizer step, unless ``take_step`` is false: a step with no usable sample on any process leaves the adapter
+    and AdamW's state as they are (a zero-gradient step would still move the weights through momentum and weight
+    decay). ``inputs`` None: nothing to compute on this process."""
     loss = None
     with accelerator.accumulate(module):
         if inputs is not None:
-            eps = module(**inputs)
-            per_sample = F.mse_loss(eps, inputs["noise"].float(), reduction="none").flatten(1).mean(1)  # (B,)
+            output = module(**{k: v for k, v in inputs.items() if k != "target"})  # (B, C, h, w)
+            per_sample = F.mse_loss(output, inputs["target"].float(), reduction="none").flatten(1).mean(1)  # (B,)
             loss = per_sample.sum() * weight
             accelerator.backward(loss)
         if accelerator.sync_gradients and take_step:
@@ -390,7 +397,11 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     accelerator = make_accelerator(args)
-    frozen = load_models(args)
+    try:
+        frozen = load_models(args)  # a checkpoint file: refused right after its UNet is loaded
+        log.info("training target: %s", describe(frozen.base_model.model_sampling))  # refuses the others
+    except UnsupportedModel as error:
+        raise SystemExit(str(error)) from None
     module, optimizer = build(args, frozen)  # W'k, W'v copied from the UNet in the checkpoint's own precision
     frozen.to(accelerator.device, DTYPES[args.mixed_precision])
     feature = module.adapter.spec.feature
