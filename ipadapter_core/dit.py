@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .checks import shape
 from .errors import AdapterFileError, InputError
-from .presets import _number
+from .presets import parse_custom_entries
 from .dit_sd3 import InstantXSD35Adapter, sd35_sizes
 from .projection import FaceIDProjModel, ImageProjModel
 
@@ -100,10 +101,6 @@ def is_dit_layout(flat: Mapping) -> bool:
     return any(key.startswith(XLABS_PROJ) for key in flat) or INSTANTX_FIRST_KEY in flat
 
 
-def _shape(flat: Mapping, key: str) -> tuple[int, ...]:
-    return tuple(flat[key].shape)
-
-
 def _xlabs_blocks(flat: Mapping, cross_dim: int) -> tuple[tuple[int, ...], int]:
     """The double-block indices and the hidden width, every block with k/v weight and bias of matching shapes."""
     found: dict[int, dict[str, tuple]] = {}
@@ -115,7 +112,7 @@ def _xlabs_blocks(flat: Mapping, cross_dim: int) -> tuple[tuple[int, ...], int]:
             raise AdapterFileError(f"unexpected key '{key}' in an XLabs Flux IP-Adapter file: it has only "
                                    "'ip_adapter_proj_model.*' and 'double_blocks.N.processor.ip_adapter_double_"
                                    "stream_{k,v}_proj.{weight,bias}'")
-        found.setdefault(int(match[1]), {})[f"{match[2]}.{match[3]}"] = _shape(flat, key)
+        found.setdefault(int(match[1]), {})[f"{match[2]}.{match[3]}"] = shape(flat, key)
     hidden = None
     for i in sorted(found):
         shapes = found[i]
@@ -156,9 +153,9 @@ def detect_dit_spec(flat: Mapping) -> DiTAdapterSpec:
     if missing:
         raise AdapterFileError(f"an XLabs Flux IP-Adapter file needs {', '.join(missing)}: the file is incomplete; "
                                "download it again")
-    cross_dim = _shape(flat, XLABS_PROJ + "norm.weight")[0]
-    rows, embed = _shape(flat, XLABS_PROJ + "proj.weight")
-    if rows % cross_dim or _shape(flat, XLABS_PROJ + "proj.bias") != (rows,):
+    cross_dim = shape(flat, XLABS_PROJ + "norm.weight")[0]
+    rows, embed = shape(flat, XLABS_PROJ + "proj.weight")
+    if rows % cross_dim or shape(flat, XLABS_PROJ + "proj.bias") != (rows,):
         raise AdapterFileError(f"'{XLABS_PROJ}proj' [{rows}, {embed}] does not split into tokens of width "
                                f"{cross_dim}: the file is damaged")
     blocks, hidden = _xlabs_blocks(flat, cross_dim)
@@ -239,12 +236,12 @@ def _instantx_flux_spec(flat: Mapping) -> DiTAdapterSpec:
         raise AdapterFileError(f"an {name} file has image_proj.{{{', '.join(_INSTANTX_PROJ)}}}; this one "
                                f"{'lacks ' + ', '.join(missing) if missing else 'has ' + ', '.join(extra)}: the "
                                "file is incomplete or not this adapter")
-    inner, embed = _shape(proj, "proj.0.weight")
-    rows = _shape(proj, "proj.2.weight")[0]
-    width = _shape(proj, "norm.weight")[0]
+    inner, embed = shape(proj, "proj.0.weight")
+    rows = shape(proj, "proj.2.weight")[0]
+    width = shape(proj, "norm.weight")[0]
     wanted = {"proj.0.bias": (inner,), "proj.2.weight": (rows, inner), "proj.2.bias": (rows,),
               "norm.bias": (width,)}
-    wrong = [key for key, shape in wanted.items() if _shape(proj, key) != shape]
+    wrong = [key for key, want in wanted.items() if shape(proj, key) != want]
     if wrong or rows % width:
         raise AdapterFileError(f"image_proj.{(wrong or ['proj.2.weight'])[0]} does not fit an MLP from {embed} "
                                f"to tokens of width {width}: the file is damaged")
@@ -261,10 +258,10 @@ def _instantx_flux_spec(flat: Mapping) -> DiTAdapterSpec:
         raise AdapterFileError(f"the file has K'/V' for {len(blocks)} blocks (incomplete or missing: "
                                f"{incomplete[:4]}); an {name} has both on all {total} (19 double + 38 single "
                                "blocks): the file is incomplete or for another model")
-    hidden = _shape(layers, "0.to_k_ip.weight")[0]
-    odd = [key for key in layers if _shape(layers, key) != (hidden, width)]
+    hidden = shape(layers, "0.to_k_ip.weight")[0]
+    odd = [key for key in layers if shape(layers, key) != (hidden, width)]
     if odd:
-        raise AdapterFileError(f"ip_adapter.{odd[0]} is {list(_shape(layers, odd[0]))}, not [{hidden}, {width}] "
+        raise AdapterFileError(f"ip_adapter.{odd[0]} is {list(shape(layers, odd[0]))}, not [{hidden}, {width}] "
                                "as the other blocks': the file is damaged")
     return DiTAdapterSpec(kind="instantx_flux", family="flux", feature="pooled", encoder_width=embed,
                           tokens=rows // width, cross_attention_dim=width, hidden=hidden,
@@ -353,21 +350,13 @@ def dit_block_weights(spec, preset: str, weight: float, custom: str = "") -> dic
     if preset != "custom":
         raise InputError(f"layer_weights: '{preset}' is a preset of SD1.5/SDXL UNet layers; for a "
                          f"{spec.family_name} IP-Adapter use {' or '.join(DIT_PRESETS)}")
-    entries = [e.strip() for e in str(custom).replace(";", ",").replace("\n", ",").split(",") if e.strip()]
-    if entries and all("=" not in e for e in entries):
-        if len(entries) != len(keys):
-            raise InputError(f"custom_layer_weights: {len(entries)} numbers for {len(keys)} blocks: give one per "
-                             f"block ({len(keys)}), or entries like 'double 0=1.0, double 5=0.5'")
-        values = dict(zip(keys, (_number(e) for e in entries)))
-    else:
-        names = {f"{kind.split('_')[0]} {i}": (kind, i) for kind, i in keys}
-        values = {}
-        for entry in entries:
-            name, _, value = (part.strip() for part in entry.partition("="))
-            if name not in names:
-                raise InputError(f"custom_layer_weights: '{name}' is not a block of this adapter: name blocks "
-                                 f"{_block_names(spec)}")
-            values[names[name]] = _number(value)
+    names = {f"{kind.split('_')[0]} {i}": (kind, i) for kind, i in keys}
+    values = parse_custom_entries(
+        custom, keys, lambda name: [names[name]] if name in names else [], separators=",;\n", error=InputError,
+        count=lambda given: (f"custom_layer_weights: {given} numbers for {len(keys)} blocks: give one per block "
+                             f"({len(keys)}), or entries like 'double 0=1.0, double 5=0.5'"),
+        unknown=lambda name: (f"custom_layer_weights: '{name}' is not a block of this adapter: name blocks "
+                              f"{_block_names(spec)}"))
     return {key: weight * w for key, w in values.items() if weight * w != 0.0}
 
 
