@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from .dit import unsupported_dit_layout
+from .dit_spec import unsupported_dit_layout
 from .checks import shape
 from .errors import AdapterFileError, UnsupportedAdapterError
 from .faceid_format import FACEID_VARIANTS, faceid_projection_spec, is_faceid, is_lora_key, lora_layers
@@ -156,7 +156,7 @@ def detect_spec(state_dict: Mapping, faceid_variant: str = "auto") -> AdapterSpe
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
     _check_dtypes(image_proj, ip_layers)
-    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit.py)
+    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit_spec.py)
     if dit_message:
         raise UnsupportedAdapterError(dit_message)
     if faceid_variant not in FACEID_VARIANTS:
