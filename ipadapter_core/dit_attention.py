@@ -1,4 +1,6 @@
-"""The image branch of a Flux double block, as a ``patches_replace["dit"]`` entry (docs/inference.md#flux).
+"""The DiT families' patches (``patches_replace["dit"]`` entries, all on the shared ``attention.HostPatch`` base and
+its one ``branch_output`` path) and their branch builders: ``DiTBlockPatch`` (XLabs Flux, docs/inference.md#flux),
+``InstantXFluxPatch`` (docs/inference.md#instantx-flux), ``SD35BlockPatch`` (docs/inference.md#sd35).
 
 XLabs' processor adds, after the whole double block, ``img += λ · Attn(q, K', V')`` where q is the block's own
 image-stream query (modulated LayerNorm, the q rows of ``img_attn.qkv``, the block's RMSNorm) **before** RoPE, and

@@ -1,5 +1,5 @@
 """The InstantX SD3.5-Large IP-Adapter: its file layout, modules and the per-block image attention
-(docs/formats.md#sd35-ip-adapter, docs/inference.md#sd35).
+(docs/formats.md#sd35-ip-adapter, docs/inference.md#sd35); its entry in the family registry is ``instantx_sd35.py``.
 
 File: the h94 two parts. ``image_proj``: a resampler over SigLIP so400m hidden states (729 x 1152) with a timestep
 embedding (``time_embedding.linear_{1,2}``), ``latents [1, 64, D]``, ``proj_in``, ``proj_out [C, D]``, ``norm_out``
