@@ -1,5 +1,10 @@
 """Apply a DiT IP-Adapter (Flux, SD3.5) through the host's ``patches_replace["dit"]`` block hooks: the model's
-forward is never replaced or copied. Per block weights, start/end, curves and masks are resolved to plain data here."""
+forward is never replaced or copied. One host entry per adapter family (``HOST_FAMILIES``, by the core family's
+kind) finds the blocks it patches, adds the host pieces its branches need and makes its patch; the rest is shared.
+Per block weights, start/end, curves and masks are resolved to plain data here."""
+from dataclasses import dataclass
+from typing import Callable
+
 import comfy.model_management
 import comfy.ops
 import comfy.patcher_extension
@@ -8,20 +13,18 @@ from comfy.ldm.flux.model import Flux
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
 from ..ipadapter_core import InputError, ModelMismatchError
-from ..ipadapter_core.dit import dit_block_weights
+from ..ipadapter_core.dit import dit_block_weights, dit_family
 from ..ipadapter_core.dit_attention import (LATENT_SHAPE_KEY, TEXT_TOKENS_KEY, DiTBlockPatch, InstantXFluxPatch,
-                                            SD35BlockPatch, build_dit_branches, build_sd35_branches,
-                                            with_norm_ratios)
+                                            SD35BlockPatch)
 from .unet import ATTENTION
 from .memory import HeldTensors, hold_branches, register
 
 WRAPPER_KEY = "ipadapter_latent_shape"
 
 
-def _family_blocks(model, family: str) -> dict[tuple[str, int], object]:
-    """The blocks of the model a ``family`` adapter patches, or a message saying what the model is."""
-    if family == "flux":
-        return dit_blocks(model)
+def mmdit_blocks(model) -> dict[tuple[str, int], object]:
+    """The joint blocks of a ModelPatcher's MMDiT (SD3.5) by ``patches_replace["dit"]`` key, or a message saying
+    what the model is."""
     net = model.get_model_object("diffusion_model")
     if not isinstance(net, MMDiT):
         raise ModelMismatchError(f"this IP-Adapter is for SD3.5 Large; this model is a {type(net).__name__}. "
@@ -44,7 +47,7 @@ def dit_blocks(model) -> dict[tuple[str, int], object]:
 def check_dit_fits(model, adapter) -> None:
     """Every block the adapter acts on exists with the adapter's width, or a message naming both."""
     spec = adapter.spec
-    blocks = _family_blocks(model, spec.family)
+    blocks = HOST_FAMILIES[spec.kind].blocks(model)
     for key in spec.block_keys:
         block = blocks.get(key)
         width = _width(block)
@@ -83,21 +86,48 @@ def record_latent_shape(executor, x, *args, **kwargs):
     return executor(x, *args, **kwargs)
 
 
-def _patch_maker(model, adapter):
-    """(patch class, make(key, block, branch, previous)) for the adapter's kind."""
-    net = model.get_model_object("diffusion_model")
-    if adapter.spec.kind == "xlabs_flux":
-        return DiTBlockPatch, lambda key, block, branch, previous: DiTBlockPatch(
-            block, (branch,), heads=net.num_heads, patch_size=net.patch_size, weights=host_weights,
-            attention=ATTENTION, inner=previous)
-    if adapter.spec.kind == "instantx_flux":
-        return InstantXFluxPatch, lambda key, block, branch, previous: InstantXFluxPatch(
-            (branch,), double=key[0] == "double_block", heads=net.num_heads,
-            # ComfyUI 0.3.64's double blocks may put the image first (flipped_img_txt); 0.33's never do and lack it
-            img_first=bool(getattr(block, "flipped_img_txt", False)) and key[0] == "double_block",
-            patch_size=net.patch_size, attention=ATTENTION, inner=previous)
-    return SD35BlockPatch, lambda key, block, branch, previous: SD35BlockPatch(
-        block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
+@dataclass(frozen=True)
+class HostFamily:
+    """The host side of one core adapter family (``ipadapter_core/family.py``). blocks(model): the blocks it
+    patches by key, or ModelMismatchError. patch: its patch class (a patch of that class already on a block is
+    stacked on). make(net, key, block, branch, previous): a new patch. options(model, net): the host pieces its
+    core ``branches`` takes."""
+    blocks: Callable
+    patch: type
+    make: Callable
+    options: Callable = lambda model, net: {}
+
+
+def _xlabs_patch(net, key, block, branch, previous):
+    return DiTBlockPatch(block, (branch,), heads=net.num_heads, patch_size=net.patch_size, weights=host_weights,
+                         attention=ATTENTION, inner=previous)
+
+
+def _instantx_flux_patch(net, key, block, branch, previous):
+    return InstantXFluxPatch(
+        (branch,), double=key[0] == "double_block", heads=net.num_heads,
+        # ComfyUI 0.3.64's double blocks may put the image first (flipped_img_txt); 0.33's never do and lack it
+        img_first=bool(getattr(block, "flipped_img_txt", False)) and key[0] == "double_block",
+        patch_size=net.patch_size, attention=ATTENTION, inner=previous)
+
+
+def _instantx_flux_options(model, net):
+    # K'/V' of 57 blocks (2 x 128 x 4096 x 3072 per block and row) on the compute device
+    return {"head_dim": net.hidden_size // net.num_heads, "compute_device": comfy.model_management.get_torch_device()}
+
+
+def _sd35_patch(net, key, block, branch, previous):
+    return SD35BlockPatch(block, (branch,), patch_size=net.patch_size, weights=host_weights, inner=previous)
+
+
+HOST_FAMILIES = {
+    "xlabs_flux": HostFamily(blocks=dit_blocks, patch=DiTBlockPatch, make=_xlabs_patch),
+    "instantx_flux": HostFamily(blocks=dit_blocks, patch=InstantXFluxPatch, make=_instantx_flux_patch,
+                                options=_instantx_flux_options),
+    "instantx_sd35": HostFamily(blocks=mmdit_blocks, patch=SD35BlockPatch, make=_sd35_patch,
+                                options=lambda model, net: {"timestep_of": model.get_model_object(
+                                    "model_sampling").timestep}),
+}
 
 
 def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, options, schedule=None):
@@ -114,27 +144,18 @@ def apply_dit_adapter(model, adapter, prompt, weight: float, sigma_range, option
     mask = options.attn_mask
     mask = None if mask is None else mask.reshape(-1, *mask.shape[-2:])
     net = model.get_model_object("diffusion_model")
-    if adapter.spec.family == "flux":
-        # InstantX: K'/V' of 57 blocks (2 x 128 x 4096 x 3072 per block and row) on the compute device
-        kv_options = ({"head_dim": net.hidden_size // net.num_heads,
-                       "compute_device": comfy.model_management.get_torch_device()}
-                      if adapter.spec.kind == "instantx_flux" else {})
-        branches = build_dit_branches(adapter.model, prompt, weights, sigma_range, schedule=schedule, mask=mask,
-                                      **kv_options)
-    else:
-        timestep_of = model.get_model_object("model_sampling").timestep
-        branches = build_sd35_branches(adapter.model, prompt, weights, timestep_of, sigma_range, schedule=schedule,
-                                       mask=mask)
-        branches = with_norm_ratios(branches, _family_blocks(model, "sd35"))
+    host = HOST_FAMILIES[adapter.spec.kind]
+    blocks = host.blocks(model)
+    branches = dit_family(adapter.spec.kind).branches(adapter.model, prompt, weights, sigma_range, schedule=schedule,
+                                                      mask=mask, blocks=blocks, **host.options(model, net))
     held = HeldTensors()
     branches = hold_branches(branches, held)
     register(patched, (adapter.model, held))
-    kind, make = _patch_maker(model, adapter)
-    blocks = _family_blocks(model, adapter.spec.family)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for key, branch in branches.items():
         previous = existing.get(key)
-        patch = previous.stacked(branch) if isinstance(previous, kind) else make(key, blocks[key], branch, previous)
+        patch = (previous.stacked(branch) if isinstance(previous, host.patch) else
+                 host.make(net, key, blocks[key], branch, previous))
         patched.set_model_patch_replace(patch, "dit", *key)
     if mask is not None:
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,

@@ -5,6 +5,7 @@
 K'/V', weights, sigma range, masks) is resolved before sampling; the call only selects the rows of its frames
 (``frames.py``), projects per-frame tokens for those rows, attends and adds.
 """
+import copy
 import functools
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
@@ -255,6 +256,13 @@ class HostPatch:
     def models(self):
         return self.inner.models() if hasattr(self.inner, "models") else []
 
+    def stacked(self, branch) -> "HostPatch":
+        """A new patch of the same kind with ``branch`` after this one's (patches are immutable: the host may
+        hold this one in another clone)."""
+        new = copy.copy(self)
+        new.branches, new._placed_key, new._placed = self.branches + (branch,), None, ()
+        return new
+
     def _on(self, device, dtype) -> tuple:
         if self._placed_key != (device, dtype):
             self._placed = tuple(b.to(device=device, dtype=dtype) for b in self.branches)
@@ -270,9 +278,6 @@ class IPAttentionPatch(HostPatch):
         self.branches = tuple(branches)
         self.attention = attention
         self.inner = inner  # a previous attn2 replacement of another extension, or None
-
-    def stacked(self, branch: Branch) -> "IPAttentionPatch":
-        return IPAttentionPatch(self.branches + (branch,), self.attention, self.inner)
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -292,34 +297,64 @@ class IPAttentionPatch(HostPatch):
                 out = out + self._scaled_branch(branch, q, k_ip, v_ip, rows, sigmas, extra_options)
                 continue
             ip = self.attention(q, k_ip, v_ip, heads, attn_precision=precision, transformer_options=extra_options)
-            frames = branch.frames
-            if frames is not None and frames.mask is not None:
-                ip = ip * frames.row_mask(rows, q.shape[1], extra_options.get("original_shape"), q.device, q.dtype)
-            if frames is not None and frames.weights is not None:
-                ip = ip * frames.row_weights(rows, q.device, q.dtype)
-            out = out + ip * _scale(branch, sigmas, out.dtype)
+            out = out + branch_output(ip, branch, sigmas, out.dtype, _row_mask(branch, rows, q, extra_options),
+                                      _row_weights(branch, rows, q))
         return out
 
     def _scaled_branch(self, branch: Branch, q, k_ip, v_ip, rows, sigmas, extra_options):
         """A branch whose weight (× curve × frame weight) scales K'/V' (scale_keys_values); the sigma range and
         the mask still multiply the output, so outside them it adds exactly nothing."""
         weight = _scale(branch, sigmas, q.dtype, gate=False)
-        frames = branch.frames
-        if frames is not None and frames.weights is not None:
-            weight = weight * frames.row_weights(rows, q.device, q.dtype)  # (B, 1, 1)
+        frame_weights = _row_weights(branch, rows, q)
+        if frame_weights is not None:
+            weight = weight * frame_weights  # (B, 1, 1)
         k_ip, v_ip = scale_keys_values(branch.scaling, k_ip, v_ip, weight)
         ip = self.attention(q, k_ip, v_ip, extra_options["n_heads"], attn_precision=extra_options.get(
             "attn_precision"), transformer_options=extra_options)
-        if frames is not None and frames.mask is not None:
-            ip = ip * frames.row_mask(rows, q.shape[1], extra_options.get("original_shape"), q.device, q.dtype)
-        if branch.sigma_range is not None and sigmas is not None:
-            start, end = branch.sigma_range
-            sigma = sigmas[:1]
-            ip = ip * ((sigma <= start) & (sigma >= end)).to(ip.dtype)
-        return ip
+        return branch_output(ip, branch, sigmas, ip.dtype, _row_mask(branch, rows, q, extra_options),
+                             weighted=False)
 
 
-def _scale(branch: Branch, sigmas, dtype, gate: bool = True):
+def _row_mask(branch: Branch, rows, q, extra_options):
+    """(B, L, 1) mask of the call's rows, or None."""
+    frames = branch.frames
+    if frames is None or frames.mask is None:
+        return None
+    return frames.row_mask(rows, q.shape[1], extra_options.get("original_shape"), q.device, q.dtype)
+
+
+def _row_weights(branch: Branch, rows, q):
+    """(B, 1, 1) frame weights of the call's rows, or None."""
+    frames = branch.frames
+    if frames is None or frames.weights is None:
+        return None
+    return frames.row_weights(rows, q.device, q.dtype)
+
+
+def branch_output(ip: torch.Tensor, branch, sigmas, dtype, *masks, weighted: bool = True) -> torch.Tensor:
+    """The one path from a branch's attention output ``ip`` (B, L, C) to what is added: times each mask that is not
+    None (in order), then times the weight and curve, gated by the sigma range (``_scale``, in ``dtype``).
+    ``weighted=False``: the weight already scaled K'/V' (``scale_keys_values``); only the gate multiplies."""
+    for mask in masks:
+        if mask is not None:
+            ip = ip * mask
+    if not weighted:
+        gate = _gate(branch, sigmas)
+        return ip if gate is None else ip * gate.to(dtype)
+    return ip * _scale(branch, sigmas, dtype)
+
+
+def _gate(branch, sigmas) -> torch.Tensor | None:
+    """(1,) bool: the step's sigma inside the branch's sigma range (inclusive), on the device (no host sync); None
+    when every step is on."""
+    if branch.sigma_range is None or sigmas is None:
+        return None
+    start, end = branch.sigma_range
+    sigma = sigmas[:1]  # (1,): every row of one model call shares the step
+    return (sigma <= start) & (sigma >= end)
+
+
+def _scale(branch, sigmas, dtype, gate: bool = True):
     """The branch weight, times the weight curve, gated (``gate``) by the sigma range on the device (no host
     sync)."""
     if sigmas is None or ((branch.sigma_range is None or not gate) and branch.schedule is None):
@@ -327,9 +362,9 @@ def _scale(branch: Branch, sigmas, dtype, gate: bool = True):
     sigma = sigmas[:1]  # (1,): every row of one model call shares the step
     scale = torch.full_like(sigma, branch.weight) if branch.schedule is None else \
         branch.weight * _interpolate(sigma, *branch.schedule)
-    if branch.sigma_range is not None and gate:
-        start, end = branch.sigma_range
-        scale = scale * ((sigma <= start) & (sigma >= end))
+    on = _gate(branch, sigmas) if gate else None
+    if on is not None:
+        scale = scale * on
     return scale.to(dtype)
 
 

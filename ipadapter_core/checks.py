@@ -1,7 +1,7 @@
 """Input checks shared by the nodes' up-front validation and their execution: each raises an InputError whose
 one-line message names the input, what is wrong with it and the fix. Nothing here runs inside sampling."""
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
@@ -10,6 +10,14 @@ from .errors import AdapterFileError, InputError
 
 WEIGHT_RANGE = (-2.0, 5.0)  # the Apply nodes' weight widgets
 FRACTION_RANGE = (0.0, 1.0)  # start_at / end_at, strengths
+
+
+def shape(tensors: Mapping, key: str, missing: str | None = None) -> tuple[int, ...]:
+    """The shape of ``tensors[key]`` (a tensor or anything with ``.shape``, meta tensors included). ``missing``:
+    the AdapterFileError message (``{key}`` filled in) when the key is absent; KeyError without."""
+    if missing is not None and key not in tensors:
+        raise AdapterFileError(missing.format(key=key))
+    return tuple(tensors[key].shape)
 
 
 def finite_number(name: str, value, low: float | None = None, high: float | None = None) -> float:

@@ -1,4 +1,6 @@
-"""The image branch of a Flux double block, as a ``patches_replace["dit"]`` entry (docs/inference.md#flux).
+"""The DiT families' patches (``patches_replace["dit"]`` entries, all on the shared ``attention.HostPatch`` base and
+its one ``branch_output`` path) and their branch builders: ``DiTBlockPatch`` (XLabs Flux, docs/inference.md#flux),
+``InstantXFluxPatch`` (docs/inference.md#instantx-flux), ``SD35BlockPatch`` (docs/inference.md#sd35).
 
 XLabs' processor adds, after the whole double block, ``img += λ · Attn(q, K', V')`` where q is the block's own
 image-stream query (modulated LayerNorm, the q rows of ``img_attn.qkv``, the block's RMSNorm) **before** RoPE, and
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import Branch, HostPatch, _scale, prompt_tokens
+from .attention import Branch, HostPatch, branch_output, prompt_tokens
 from .dit_sd3 import StepTokens, norm_ratio, sd35_image_attention, sd35_query_key
 from .frames import FrameData, call_rows, chunk_rows
 from .image_prompt import ImagePrompt
@@ -97,10 +99,6 @@ class DiTBlockPatch(HostPatch):
         self.block, self.branches, self.heads, self.patch_size = block, tuple(branches), heads, patch_size
         self.weights, self.attention, self.inner = weights, attention, inner
 
-    def stacked(self, branch: Branch) -> "DiTBlockPatch":
-        return DiTBlockPatch(self.block, self.branches + (branch,), heads=self.heads, patch_size=self.patch_size,
-                             weights=self.weights, attention=self.attention, inner=self.inner)
-
     def __call__(self, args, extra):
         img = args["img"]
         query = flux_image_query(self.block, img, args["vec"], self.weights)  # (B, h, L, d), before the block
@@ -113,10 +111,9 @@ class DiTBlockPatch(HostPatch):
             k, v = (rearrange(chunk_rows(c, u, rows), "b n (h d) -> b h n d", h=self.heads)
                     for c, u in ((branch.k_cond, branch.k_uncond), (branch.v_cond, branch.v_uncond)))
             ip = self.attention(query, k, v, self.heads, skip_reshape=True, transformer_options=options)  # (B, L, H)
-            if branch.frames is not None:
-                ip = ip * _token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, ip.device,
-                                      ip.dtype)
-            added = added + ip * _scale(branch, sigmas, added.dtype)
+            mask = None if branch.frames is None else _token_mask(
+                branch.frames, rows, ip.shape[1], options, self.patch_size, ip.device, ip.dtype)
+            added = added + branch_output(ip, branch, sigmas, added.dtype, mask)
         return {**out, "img": added}
 
 
@@ -160,11 +157,6 @@ class InstantXFluxPatch(HostPatch):
         self.branches, self.double, self.heads, self.img_first = tuple(branches), double, heads, img_first
         self.patch_size, self.attention, self.inner = patch_size, attention, inner
 
-    def stacked(self, branch: Branch) -> "InstantXFluxPatch":
-        return InstantXFluxPatch(self.branches + (branch,), double=self.double, heads=self.heads,
-                                 img_first=self.img_first, patch_size=self.patch_size, attention=self.attention,
-                                 inner=self.inner)
-
     def _terms(self, query, options, rows, device, dtype) -> torch.Tensor:
         """Sum over the branches of weight x gate x mask x Attn(q, K', V'), (B, L, h*d) for q (B, h, L, d)."""
         sigmas = options.get("sigmas")
@@ -173,12 +165,12 @@ class InstantXFluxPatch(HostPatch):
             k, v = (rearrange(chunk_rows(c, u, rows), "b n (h d) -> b h n d", h=self.heads)
                     for c, u in ((branch.k_cond, branch.k_uncond), (branch.v_cond, branch.v_uncond)))
             ip = self.attention(query, k, v, self.heads, skip_reshape=True)  # (B, L, h*d)
+            mask = None
             if branch.frames is not None:
                 mask = (_token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
                         if self.double else
                         _sequence_mask(branch.frames, rows, options, ip.shape[1], self.patch_size, device, dtype))
-                ip = ip * mask
-            total = total + ip * _scale(branch, sigmas, dtype)
+            total = total + branch_output(ip, branch, sigmas, dtype, mask)
         return total
 
     def __call__(self, args, extra):
@@ -256,10 +248,6 @@ class SD35BlockPatch(HostPatch):
         self.block, self.branches, self.patch_size, self.weights, self.inner = (
             block, tuple(branches), patch_size, weights, inner)
 
-    def stacked(self, branch: StepBranch) -> "SD35BlockPatch":
-        return SD35BlockPatch(self.block, self.branches + (branch,), patch_size=self.patch_size,
-                              weights=self.weights, inner=self.inner)
-
     def _image_terms(self, options, rows, qk, v, device, dtype) -> torch.Tensor:
         """Sum over the branches of weight x mask x the image attention, (B, L, h*d). ``qk``: the image tokens'
         (q, k) as the model normed them, and the raw ones or None, each (B, h, L, d)."""
@@ -269,9 +257,9 @@ class SD35BlockPatch(HostPatch):
             tokens, temb = branch.tokens.get(sigmas, rows, chunk_rows, device, dtype)
             k_ip, v_ip = branch.block.keys_values(tokens, temb)  # (B, h, N, d)
             ip = _branch_attention(branch, qk, v, k_ip, v_ip)  # (B, L, h*d)
-            if branch.frames is not None:
-                ip = ip * _token_mask(branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
-            total = total + ip * _scale(branch, sigmas, dtype)
+            mask = None if branch.frames is None else _token_mask(
+                branch.frames, rows, ip.shape[1], options, self.patch_size, device, dtype)
+            total = total + branch_output(ip, branch, sigmas, dtype, mask)
         return total
 
     def __call__(self, args, extra):

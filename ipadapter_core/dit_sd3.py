@@ -1,5 +1,5 @@
 """The InstantX SD3.5-Large IP-Adapter: its file layout, modules and the per-block image attention
-(docs/formats.md#sd35-ip-adapter, docs/inference.md#sd35).
+(docs/formats.md#sd35-ip-adapter, docs/inference.md#sd35); its entry in the family registry is ``instantx_sd35.py``.
 
 File: the h94 two parts. ``image_proj``: a resampler over SigLIP so400m hidden states (729 x 1152) with a timestep
 embedding (``time_embedding.linear_{1,2}``), ``latents [1, 64, D]``, ``proj_in``, ``proj_out [C, D]``, ``norm_out``
@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .checks import shape
 from .errors import AdapterFileError
 
 SD35_BLOCKS = 38
 HEAD_DIM = 64
+_MISSING = ("an InstantX SD3.5 IP-Adapter needs 'image_proj.{key}': the file is incomplete; download it "
+            "again")
 _BLOCK_KEY = re.compile(r"^(\d+)\.(norm_ip\.linear\.weight|norm_ip\.linear\.bias|to_k_ip\.weight|to_v_ip\.weight|"
                         r"norm_q\.weight|norm_k\.weight|norm_ip_k\.weight)$")
 
@@ -29,16 +32,9 @@ def is_sd35_layout(ip_layers: Mapping) -> bool:
     return any(key.endswith(".norm_ip.linear.weight") for key in ip_layers)
 
 
-def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
-    if key not in sd:
-        raise AdapterFileError(f"an InstantX SD3.5 IP-Adapter needs 'image_proj.{key}': the file is incomplete; "
-                               "download it again")
-    return tuple(sd[key].shape)
-
-
 def sd35_sizes(image_proj: Mapping, ip_layers: Mapping) -> dict:
     """The spec fields of an InstantX SD3.5 file from its keys and shapes, or AdapterFileError naming the key."""
-    _, tokens, dim = _shape(image_proj, "latents")
+    _, tokens, dim = shape(image_proj, "latents", _MISSING)
     depth = len({key.split(".")[1] for key in image_proj if key.startswith("layers.")})
     blocks: dict[int, set] = {}
     for key in ip_layers:
@@ -52,12 +48,12 @@ def sd35_sizes(image_proj: Mapping, ip_layers: Mapping) -> dict:
         raise AdapterFileError(f"the file has IP weights for {len(numbers)} joint blocks (incomplete: "
                                f"{incomplete[:4]}); an InstantX SD3.5-Large IP-Adapter has all {SD35_BLOCKS} with 7 "
                                "tensors each: the file is incomplete; download it again")
-    return dict(encoder_width=_shape(image_proj, "proj_in.weight")[1], tokens=tokens,
-                cross_attention_dim=_shape(image_proj, "proj_out.weight")[0],
+    return dict(encoder_width=shape(image_proj, "proj_in.weight", _MISSING)[1], tokens=tokens,
+                cross_attention_dim=shape(image_proj, "proj_out.weight", _MISSING)[0],
                 hidden=tuple(ip_layers["0.to_k_ip.weight"].shape)[0], double_blocks=numbers,
                 resampler_dim=dim, resampler_depth=depth,
-                resampler_heads=_shape(image_proj, "layers.0.0.to_q.weight")[0] // HEAD_DIM,
-                time_dim=_shape(image_proj, "time_embedding.linear_1.weight")[1])
+                resampler_heads=shape(image_proj, "layers.0.0.to_q.weight", _MISSING)[0] // HEAD_DIM,
+                time_dim=shape(image_proj, "time_embedding.linear_1.weight", _MISSING)[1])
 
 
 class RMSNorm(nn.Module):

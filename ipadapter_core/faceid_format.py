@@ -7,6 +7,7 @@ or the raw (``portrait unnorm``) embedding. ``auto`` is the reference's default.
 import re
 from typing import Mapping
 
+from .checks import shape
 from .errors import AdapterFileError
 
 FACEID_VARIANTS = ("auto", "plus", "plus v2", "portrait", "portrait unnorm")
@@ -28,10 +29,6 @@ def is_lora_key(key: str) -> bool:
     return _LORA_KEY.match(key) is not None
 
 
-def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
-    return tuple(sd[key].shape)
-
-
 def is_faceid(image_proj: Mapping, ip_layers: Mapping) -> bool:
     """A LoRA in ``ip_adapter``, the face resampler, the face MLP (proj.0/proj.2/norm), or a Perceiver resampler
     whose input is a 512-wide face embedding (no CLIP encoder has hidden width 512)."""
@@ -39,7 +36,7 @@ def is_faceid(image_proj: Mapping, ip_layers: Mapping) -> bool:
         return True
     if MLP_KEYS <= set(image_proj) and "proj.3.weight" not in image_proj:
         return True
-    return "proj_in.weight" in image_proj and _shape(image_proj, "proj_in.weight")[1] == FACE_EMBED_WIDTH
+    return "proj_in.weight" in image_proj and shape(image_proj, "proj_in.weight")[1] == FACE_EMBED_WIDTH
 
 
 def _file_kind(image_proj: Mapping, has_lora: bool) -> str:
@@ -68,22 +65,22 @@ def resolve_variant(kind: str, variant: str, describe: str) -> str:
 
 
 def _mlp_spec(image_proj: Mapping) -> dict:
-    hidden, embed = _shape(image_proj, "proj.0.weight")
-    cross_dim = _shape(image_proj, "norm.weight")[0]
-    rows = _shape(image_proj, "proj.2.weight")[0]
-    if (embed != FACE_EMBED_WIDTH or hidden != 2 * embed or _shape(image_proj, "proj.2.weight")[1] != hidden
+    hidden, embed = shape(image_proj, "proj.0.weight")
+    cross_dim = shape(image_proj, "norm.weight")[0]
+    rows = shape(image_proj, "proj.2.weight")[0]
+    if (embed != FACE_EMBED_WIDTH or hidden != 2 * embed or shape(image_proj, "proj.2.weight")[1] != hidden
             or rows % cross_dim):
         raise AdapterFileError(f"FaceID projection: proj.0 {(hidden, embed)}, proj.2 "
-                               f"{_shape(image_proj, 'proj.2.weight')} and norm ({cross_dim},) do not fit a "
+                               f"{shape(image_proj, 'proj.2.weight')} and norm ({cross_dim},) do not fit a "
                                f"{FACE_EMBED_WIDTH}-wide face embedding; the file is damaged")
     return dict(tokens=rows // cross_dim, encoder_width=embed, cross_attention_dim=cross_dim)
 
 
 def _resampler_sizes(image_proj: Mapping, prefix: str) -> dict:
-    dim, width = _shape(image_proj, f"{prefix}proj_in.weight")
+    dim, width = shape(image_proj, f"{prefix}proj_in.weight")
     depth = len({key[len(prefix):].split(".")[1] for key in image_proj if key.startswith(f"{prefix}layers.")})
-    inner = _shape(image_proj, f"{prefix}layers.0.0.to_q.weight")[0]
-    ff = _shape(image_proj, f"{prefix}layers.0.1.1.weight")[0]
+    inner = shape(image_proj, f"{prefix}layers.0.0.to_q.weight")[0]
+    ff = shape(image_proj, f"{prefix}layers.0.1.1.weight")[0]
     return dict(resampler_dim=dim, resampler_depth=depth, resampler_heads=inner // 64, resampler_ff_mult=ff // dim,
                 input_width=width)
 
@@ -98,8 +95,8 @@ def faceid_projection_spec(image_proj: Mapping, ip_layers: Mapping, variant: str
     if kind == "faceid_resampler":
         sizes = _resampler_sizes(image_proj, "")
         sizes.pop("input_width")
-        return dict(fields, kind=kind, tokens=_shape(image_proj, "latents")[1], encoder_width=FACE_EMBED_WIDTH,
-                    cross_attention_dim=_shape(image_proj, "proj_out.weight")[0], **sizes)
+        return dict(fields, kind=kind, tokens=shape(image_proj, "latents")[1], encoder_width=FACE_EMBED_WIDTH,
+                    cross_attention_dim=shape(image_proj, "proj_out.weight")[0], **sizes)
     fields.update(_mlp_spec(image_proj), kind="faceid_plus" if kind == "faceid_plus" else "faceid")
     if kind == "faceid_plus":
         sizes = _resampler_sizes(image_proj, "perceiver_resampler.")
@@ -114,7 +111,7 @@ def lora_layers(ip_layers: Mapping, inner_of: Mapping[int, int], cross_dim: int)
     for key in ip_layers:
         match = _LORA_KEY.match(key)
         if match:
-            found.setdefault(int(match[1]), {})[(match[2], match[3])] = _shape(ip_layers, key)
+            found.setdefault(int(match[1]), {})[(match[2], match[3])] = shape(ip_layers, key)
     if not found:
         return 0, ()
     ranks = set()
@@ -127,14 +124,14 @@ def lora_layers(ip_layers: Mapping, inner_of: Mapping[int, int], cross_dim: int)
         kv_in = cross_dim if n % 2 else width
         want = {("q", "down"): (None, width), ("k", "down"): (None, kv_in), ("v", "down"): (None, kv_in),
                 ("out", "down"): (None, width)}
-        for (name, side), shape in parts.items():
-            rank = shape[0] if side == "down" else shape[1]
+        for (name, side), dims in parts.items():
+            rank = dims[0] if side == "down" else dims[1]
             ranks.add(rank)
             expected_in = want.get((name, side), (None, None))[1]
-            fits = len(shape) == 2 and width is not None and (
-                shape[1] == expected_in if side == "down" else shape[0] == width)
+            fits = len(dims) == 2 and width is not None and (
+                dims[1] == expected_in if side == "down" else dims[0] == width)
             if not fits:
-                raise AdapterFileError(f"layer {n}'s LoRA to_{name}_lora.{side} has shape {shape}, which does not "
+                raise AdapterFileError(f"layer {n}'s LoRA to_{name}_lora.{side} has shape {dims}, which does not "
                                        f"fit the layer (width {width}): the file is damaged or mixes two adapters")
     if len(ranks) != 1:
         raise AdapterFileError(f"the LoRA has several ranks {sorted(ranks)}: the file is damaged")

@@ -6,6 +6,7 @@ points of the sampling range. The attention patch only looks these up.
 """
 import math
 import re
+from typing import Callable, Sequence
 
 from .errors import IPAdapterError
 from .layers import LAYOUTS, LayerSite
@@ -151,24 +152,44 @@ def parse_custom_weights(family: str, text: str) -> dict[int, float]:
       ``output 1``) or ``middle``; layers not named get 0.
     """
     sites = LAYOUTS[family]
-    items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
-    if not items:
-        raise IPAdapterError("custom_layer_weights is empty: give one number per layer, or entries like "
-                             "'output 1=1.0, input 8=0.5'")
-    if all("=" not in item for item in items):
-        if len(items) != len(sites):
-            raise IPAdapterError(f"custom_layer_weights lists {len(items)} numbers, but a {family} adapter has "
-                                 f"{len(sites)} layers: give one number per layer, or name=value entries")
-        return {s.n: _number(item) for s, item in zip(sites, items)}
-    out = {s.n: 0.0 for s in sites}
+    return parse_custom_entries(
+        text, [s.n for s in sites], lambda name: _named_layers(sites, name.lower()), unnamed=0.0,
+        empty="custom_layer_weights is empty: give one number per layer, or entries like 'output 1=1.0, input 8=0.5'",
+        count=lambda given: (f"custom_layer_weights lists {given} numbers, but a {family} adapter has {len(sites)} "
+                             "layers: give one number per layer, or name=value entries"),
+        unknown=lambda name: (f"custom_layer_weights: {name!r} names no layer of a {family} adapter (layers "
+                              f"{sites[0].n}..{sites[-1].n}, blocks like 'input 8', 'output 1', 'middle')"))
+
+
+def custom_entries(text: str, separators: str = ",\n") -> list[str]:
+    """The non-empty entries of a custom_layer_weights text, split at any of ``separators``."""
+    for separator in separators[1:]:
+        text = text.replace(separator, separators[0])
+    return [item.strip() for item in text.split(separators[0]) if item.strip()]
+
+
+def parse_custom_entries(text: str, order: Sequence, lookup: Callable[[str], list], *, count: Callable[[int], str],
+                         unknown: Callable[[str], str], separators: str = ",\n", empty: str | None = None,
+                         unnamed: float | None = None, error: type = IPAdapterError) -> dict:
+    """The one custom_layer_weights parser (UNet layers and DiT blocks): either one number per entry of ``order``,
+    or ``name=value`` entries whose name ``lookup`` turns into entries of ``order``; entries not named get
+    ``unnamed`` (left out when None). ``empty``: the message for a text with no entries (None: no entries give
+    {}); ``count`` / ``unknown``: the messages for a wrong number of entries and a name ``lookup`` does not know.
+    Raises ``error``."""
+    items = custom_entries(str(text), separators)
+    if not items and empty is not None:
+        raise error(empty)
+    if items and all("=" not in item for item in items):
+        if len(items) != len(order):
+            raise error(count(len(items)))
+        return {key: _number(item) for key, item in zip(order, items)}
+    out = {} if unnamed is None else {key: unnamed for key in order}
     for item in items:
-        name, _, value = item.partition("=")
-        targets = _named_layers(sites, name.strip().lower())
+        name, _, value = (part.strip() for part in item.partition("="))
+        targets = lookup(name)
         if not targets:
-            raise IPAdapterError(f"custom_layer_weights: {name.strip()!r} names no layer of a {family} adapter "
-                                 f"(layers {sites[0].n}..{sites[-1].n}, blocks like 'input 8', 'output 1', "
-                                 "'middle')")
-        out.update({n: _number(value) for n in targets})
+            raise error(unknown(name))
+        out.update({key: _number(value) for key in targets})
     return out
 
 
@@ -196,7 +217,7 @@ def _number(text: str) -> float:
 def check_custom_weights(text: str) -> None:
     """The family-independent part of parse_custom_weights (its form and numbers), for checks before the
     adapter is known."""
-    items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    items = custom_entries(text)
     if not items:
         raise IPAdapterError("custom_layer_weights is empty: give one number per layer, or entries like "
                              "'output 1=1.0, input 8=0.5'")

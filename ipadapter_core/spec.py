@@ -6,7 +6,8 @@ from typing import Mapping
 
 import torch
 
-from .dit import unsupported_dit_layout
+from .dit_spec import unsupported_dit_layout
+from .checks import shape
 from .errors import AdapterFileError, UnsupportedAdapterError
 from .faceid_format import FACEID_VARIANTS, faceid_projection_spec, is_faceid, is_lora_key, lora_layers
 from .layers import FAMILY_NAMES, family_for_layers
@@ -84,31 +85,27 @@ class AdapterSpec:
         return cls(**data)
 
 
-def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
-    return tuple(sd[key].shape)
-
-
 def _projection_spec(image_proj: Mapping) -> dict:
     """kind, feature, tokens, widths (and resampler sizes) from the image_proj keys and shapes."""
     keys = set(image_proj)
     if keys == _BASE_KEYS:
-        cross_dim = _shape(image_proj, "norm.weight")[0]
-        rows, embed = _shape(image_proj, "proj.weight")
+        cross_dim = shape(image_proj, "norm.weight")[0]
+        rows, embed = shape(image_proj, "proj.weight")
         return dict(kind="base", feature="pooled", tokens=rows // cross_dim, encoder_width=embed,
                     cross_attention_dim=cross_dim)
     if keys == _FULL_FACE_KEYS:
         return dict(kind="full_face", feature="hidden", tokens=None,
-                    encoder_width=_shape(image_proj, "proj.0.weight")[1],
-                    cross_attention_dim=_shape(image_proj, "proj.3.weight")[0])
+                    encoder_width=shape(image_proj, "proj.0.weight")[1],
+                    cross_attention_dim=shape(image_proj, "proj.3.weight")[0])
     if "latents" in keys and "proj_in.weight" in keys:
-        _, tokens, dim = _shape(image_proj, "latents")
+        _, tokens, dim = shape(image_proj, "latents")
         depth = len({key.split(".")[1] for key in keys if key.startswith("layers.")})
-        inner = _shape(image_proj, "layers.0.0.to_q.weight")[0]
+        inner = shape(image_proj, "layers.0.0.to_q.weight")[0]
         return dict(kind="plus", feature="hidden", tokens=tokens,
-                    encoder_width=_shape(image_proj, "proj_in.weight")[1],
-                    cross_attention_dim=_shape(image_proj, "proj_out.weight")[0],
+                    encoder_width=shape(image_proj, "proj_in.weight")[1],
+                    cross_attention_dim=shape(image_proj, "proj_out.weight")[0],
                     resampler_dim=dim, resampler_depth=depth, resampler_heads=inner // 64,
-                    resampler_ff_mult=_shape(image_proj, "layers.0.1.1.weight")[0] // dim)
+                    resampler_ff_mult=shape(image_proj, "layers.0.1.1.weight")[0] // dim)
     raise AdapterFileError(
         f"not an IP-Adapter projection: image_proj keys {sorted(keys)[:6]} match none of base "
         "(proj, norm), plus (latents, proj_in, layers...) or full-face (proj.0/2/3). Use an official "
@@ -125,7 +122,7 @@ def _layer_widths(ip_layers: Mapping, cross_dim: int) -> tuple[tuple[int, int], 
         if match is None:
             raise AdapterFileError(f"unexpected key 'ip_adapter.{key}': an IP-Adapter file has only "
                                    "'N.to_k_ip.weight' and 'N.to_v_ip.weight' there")
-        found.setdefault(int(match[1]), {})[match[2]] = _shape(ip_layers, key)
+        found.setdefault(int(match[1]), {})[match[2]] = shape(ip_layers, key)
     layers = []
     for n in sorted(found):
         shapes = found[n]
@@ -159,7 +156,7 @@ def detect_spec(state_dict: Mapping, faceid_variant: str = "auto") -> AdapterSpe
                                "(official h94/IP-Adapter layout)")
     image_proj, ip_layers = state_dict["image_proj"], state_dict["ip_adapter"]
     _check_dtypes(image_proj, ip_layers)
-    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit.py)
+    dit_message = unsupported_dit_layout(image_proj, ip_layers)  # InstantX SD3.5 / FLUX.1-dev files (dit_spec.py)
     if dit_message:
         raise UnsupportedAdapterError(dit_message)
     if faceid_variant not in FACEID_VARIANTS:

@@ -181,7 +181,7 @@ def test_incomplete_sd35_file_is_named():
 def test_instantx_flux_tokens_in_row_blocks_equal_the_whole_projection(monkeypatch):
     """The projection's last Linear applied a block of rows at a time (bounded casts) gives the module's own
     forward: Linear, GELU, Linear, LayerNorm per token."""
-    import ipadapter_suite.ipadapter_core.dit as dit
+    import ipadapter_suite.ipadapter_core.instantx_flux as dit
     g = torch.Generator().manual_seed(0)
     flat = {"image_proj.proj.0.weight": torch.randn(16, 8, generator=g), "image_proj.proj.0.bias": torch.randn(16),
             "image_proj.proj.2.weight": torch.randn(5 * 12, 16, generator=g), "image_proj.proj.2.bias": torch.randn(60),
