@@ -14,25 +14,24 @@ themselves, so a move of the module (the host swaps ``param.data`` in place) is 
 copy is kept. The patches' own ``to`` protocol still places what they need at the first call, and that is a no-op
 for a tensor the host already moved.
 """
-import weakref
-
 import torch
 
 import comfy.model_management
 import comfy.model_patcher
 
 KEY = "ipadapter"
-_PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, comfy.model_patcher.ModelPatcher]" = weakref.WeakKeyDictionary()
+_PATCHER_ATTRIBUTE = "_ipadapter_patcher"
 
 
 def module_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     """The host's patcher for ``module`` (one per module, so each adapter file is counted once however many
-    applications use it)."""
-    patcher = _PATCHERS.get(module)
+    applications use it). Kept on the module itself: the two go together when nothing else holds them (a
+    module-keyed cache would keep every module alive through its patcher)."""
+    patcher = module.__dict__.get(_PATCHER_ATTRIBUTE)
     if patcher is None:
         patcher = comfy.model_patcher.ModelPatcher(module, load_device=comfy.model_management.get_torch_device(),
                                                    offload_device=comfy.model_management.unet_offload_device())
-        _PATCHERS[module] = patcher
+        module.__dict__[_PATCHER_ATTRIBUTE] = patcher
     return patcher
 
 

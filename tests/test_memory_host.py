@@ -114,3 +114,19 @@ def test_a_patched_model_samples_the_same_through_the_hosts_low_vram_partial_loa
     for g, w, p in zip(got, want, plain):
         assert ((g - w).abs().max() / w.abs().max()).item() <= 1e-5
         assert ((w - p).abs().max() / p.abs().max()).item() > 1e-3  # the adapter acts
+
+
+def test_an_adapter_no_longer_used_is_freed(ext, sd15, tmp_path):
+    """Registration keeps no adapter alive: once the patched model and the adapter are dropped, the adapter's
+    module and the application's tensors are collected (a module-keyed cache of patchers would keep them)."""
+    import gc
+    import weakref
+    patcher, _, info = sd15
+    adapter, _ = _adapter(ext, info, tmp_path, seed=10)
+    with torch.inference_mode():
+        patched = apply_adapter(ext, patcher, adapter, random_prompt(ext, 1, seed=8), 0.7)
+    refs = [weakref.ref(m.model) for m in patched.get_additional_models_with_key("ipadapter")]
+    assert all(r() is not None for r in refs)
+    del adapter, patched
+    gc.collect()
+    assert all(r() is None for r in refs)
