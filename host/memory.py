@@ -56,9 +56,6 @@ class HeldTensors(torch.nn.Module):
             self._seen[id(tensor)] = found
         return found
 
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.held)
-
 
 def hold_branches(branches: dict, held: HeldTensors) -> dict:
     """``branches`` ({layer or block key: Branch or StepBranch}) with every tensor they keep for sampling held by
@@ -81,7 +78,7 @@ def hold_branches(branches: dict, held: HeldTensors) -> dict:
         changes = {}
         for f in fields(branch):
             value = getattr(branch, f.name)
-            if isinstance(value, torch.Tensor) and f.name != "schedule":
+            if isinstance(value, torch.Tensor):
                 changes[f.name] = held.hold(value)
             elif f.name == "frames":
                 frames(value)

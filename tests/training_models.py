@@ -29,23 +29,7 @@ def _host():
 def tiny_unet(seed: int = 0, layout: str = "sd15"):
     """A host ModelPatcher around a tiny SD1.5- or SDXL-layout BaseModel (EPS, the host's default discrete
     schedule); SDXL: the host's SDXL model class, whose ``y`` is the pooled text and six size embeddings."""
-    _host()
-    import comfy.model_base
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-    from parity_models import HEADS, _randomize, _unet_config
-    config = _unet_config(layout, CONTEXT)
-    base_cls, model_cls = comfy.supported_models.SD15, comfy.model_base.BaseModel
-    if layout == "sdxl":
-        config = dict(config, num_classes="sequential", adm_in_channels=POOLED + 6 * 256)
-        base_cls, model_cls = comfy.supported_models.SDXL, comfy.model_base.SDXL
-    config_cls = type(f"Tiny{base_cls.__name__}", (base_cls,),
-                      {"unet_extra_config": {"num_heads": HEADS, "num_head_channels": -1}})
-    model = model_cls(config_cls(config), model_type=comfy.model_base.ModelType.EPS, device=torch.device("cpu"))
-    _randomize(model.diffusion_model, seed)
-    model.diffusion_model.float().eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return tiny_unet_predicting("EPS", layout=layout, seed=seed)
 
 
 class TinyEncoders:
